@@ -1,0 +1,1 @@
+"""Datasets: the LJSpeech-format reader, splits, and the dataset manager."""
