@@ -39,6 +39,10 @@ def add_file_handler(path: str, level: int = logging.INFO) -> logging.Handler:
     handler.addFilter(_RunIdFilter())
     handler.setLevel(level)
     logging.getLogger().addHandler(handler)
+    package = logging.getLogger("asrlib")
+    # Records below the package logger's level never reach any handler, so open it up to `level`.
+    if package.getEffectiveLevel() > level:
+        package.setLevel(level)
     return handler
 
 

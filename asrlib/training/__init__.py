@@ -1,0 +1,1 @@
+"""The trainer, its data pipeline and the duration-bucketed sampler."""

@@ -1,0 +1,106 @@
+"""Duration-bucketed dynamic batching with an exact, resumable position."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+Seconds = float
+
+
+class DurationBucketSampler:
+    """Yields batches of dataset indices whose padded duration stays under a budget.
+
+    Clips are split into `num_buckets` quantile buckets by duration, shuffled within each bucket and
+    packed greedily so that `len(batch) * max(duration)` stays at most `max_batch_seconds`; the
+    batches are then shuffled across buckets. The order depends only on `seed` and the epoch, so
+    `state_dict()` (epoch and batches already consumed) is enough to resume mid-epoch exactly.
+
+    With `world_size > 1` every rank builds the same batch list and takes every
+    `world_size`-th batch starting at its `rank`; the list is cut to a multiple of the world
+    size so all ranks run the same number of steps.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[Seconds],
+        *,
+        max_batch_seconds: Seconds,
+        num_buckets: int = 20,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if max_batch_seconds <= 0:
+            raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be at least 1, got {num_buckets}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        if not durations:
+            raise ValueError("cannot batch an empty dataset")
+        self.durations = [float(d) for d in durations]
+        self.max_batch_seconds = max_batch_seconds
+        self.num_buckets = min(num_buckets, len(self.durations))
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.position = 0  # batches of this rank already consumed in `epoch`
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = sorted(range(len(self.durations)), key=lambda i: (self.durations[i], i))
+        size = len(order) / self.num_buckets
+        buckets = [order[round(b * size) : round((b + 1) * size)] for b in range(self.num_buckets)]
+        batches: list[list[int]] = []
+        for bucket in buckets:
+            if self.shuffle:
+                bucket = [bucket[i] for i in torch.randperm(len(bucket), generator=generator).tolist()]
+            batch: list[int] = []
+            longest = 0.0
+            for index in bucket:
+                candidate = max(longest, self.durations[index])
+                if batch and candidate * (len(batch) + 1) > self.max_batch_seconds:
+                    batches.append(batch)
+                    batch, candidate = [], self.durations[index]
+                batch.append(index)
+                longest = candidate
+            if batch:
+                batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank : usable : self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches(self.epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._epoch_batches(self.epoch)
+        # Iteration starts at the saved position; the trainer advances it as batches are consumed.
+        yield from batches[self.position :]
+
+    def advance(self) -> None:
+        """Record that one more batch of the current epoch has been consumed."""
+        self.position += 1
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("world_size", 1) != self.world_size:
+            raise ValueError(
+                f"checkpoint was written with world size {state.get('world_size', 1)}, this run has "
+                f"{self.world_size}; resume with the same number of processes"
+            )
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
