@@ -75,7 +75,9 @@ def read_metadata(root: str | Path) -> Corpus:
         text = metadata.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{metadata}: not valid UTF-8 ({err}); save the file as UTF-8") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at form feeds, U+0085 and U+2028, which can
+    # occur inside a transcript, and would turn one row into two wrong clips.
+    for number, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
