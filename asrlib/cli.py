@@ -5,63 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from asrlib.logs import run_context, setup_logging
+from asrlib.logs import setup_logging
 
 log = logging.getLogger("asrlib.cli")
 
 
 def _dataset_root(name_or_path: str, settings: dict) -> Path:
-    from asrlib.datasets.catalog import resolve_dataset_path  # noqa: PLC0415 - keeps `asr --help` fast
+    from asrlib.datasets.catalog import resolve_dataset_path
 
     return resolve_dataset_path(name_or_path, settings)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from asrlib import checkpoints as ckpt  # noqa: PLC0415
-    from asrlib.config import RunConfig, checkpoints_dir, deep_merge, load_settings, parse_overrides, resolve_run_config  # noqa: PLC0415
-    from asrlib.training.runs import new_run_id, validate_run_id  # noqa: PLC0415
-    from asrlib.training.trainer import Trainer  # noqa: PLC0415
+    from asrlib.training.launch import run_training
 
-    settings = load_settings(args.config)
-    overrides = parse_overrides(args.set or [])
-    if args.dataset:
-        overrides = deep_merge(overrides, {"data": {"dataset": args.dataset}})
-    if args.resume:
-        # The checkpoint's own config is the base; only the overrides given now change it.
-        payload = ckpt.load_checkpoint(args.resume)
-        config = RunConfig.from_dict(deep_merge(payload["config"], overrides))
-    else:
-        config = resolve_run_config(settings, model_type=args.model, preset=args.preset, overrides=overrides)
-    run_id = validate_run_id(args.run_id) if args.run_id else new_run_id(config.model.type, config.model.preset)
-    root = Path(args.checkpoints) if args.checkpoints else checkpoints_dir(settings)
-    run_dir = root / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(f"run folder {run_dir} already exists; choose another --run-id")
-    dataset_root = _dataset_root(config.data.dataset, settings)
-
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s; finishing the current step and saving a checkpoint", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    with run_context(run_id):
-        trainer = Trainer(config, run_dir, dataset_root=dataset_root, resume_from=args.resume, should_stop=stop.is_set)
-        result = trainer.fit()
+    result = run_training(model_type=args.model, dataset=args.dataset, preset=args.preset, overrides=args.set or [],
+                          resume_from=args.resume, run_id=args.run_id, checkpoints_dir=args.checkpoints,
+                          config_path=args.config)
     print(json.dumps({"run_id": result.run_id, "state": result.state, "step": result.step,
                       "checkpoint": str(result.checkpoint), "metrics": result.metrics}))
     return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from asrlib.inference import Recognizer  # noqa: PLC0415
+    from asrlib.inference import Recognizer
 
     recognizer = Recognizer.from_checkpoint(args.model, device=args.device)
     results = recognizer.transcribe([str(f) for f in args.files], batch_size=args.batch_size)
@@ -84,12 +54,12 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from asrlib.config import load_settings  # noqa: PLC0415
-    from asrlib.inference import Recognizer  # noqa: PLC0415
-    from asrlib.training.data import prepare_data  # noqa: PLC0415
-    from asrlib.training.trainer import Trainer, evaluate_model  # noqa: PLC0415
+    from asrlib.config import load_settings
+    from asrlib.inference import Recognizer
+    from asrlib.training.data import prepare_data
+    from asrlib.training.trainer import Trainer, evaluate_model
 
     recognizer = Recognizer.from_checkpoint(args.model, device=args.device)
     config = recognizer.config
@@ -97,8 +67,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.folder:
         root, split = Path(args.folder), None
     else:
-        from asrlib import checkpoints as ckpt  # noqa: PLC0415
-        from asrlib.inference import resolve_checkpoint  # noqa: PLC0415
+        from asrlib import checkpoints as ckpt
+        from asrlib.inference import resolve_checkpoint
 
         payload = ckpt.load_checkpoint(resolve_checkpoint(args.model))
         root, split = _dataset_root(args.dataset or config.data.dataset, settings), payload.get("split")
@@ -157,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     try:
-        from asrlib.datasets.cli import add_dataset_parser  # noqa: PLC0415
+        from asrlib.datasets.cli import add_dataset_parser
     except ImportError:
         pass
     else:

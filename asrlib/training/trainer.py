@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from asrlib.decoding import error_rates, greedy_ctc_decode
 from asrlib.logs import add_file_handler, run_context
 from asrlib.models import build_model, count_parameters
 from asrlib.text import CharTokenizer
-from asrlib.training.data import Batch, FeatureDataset, PreparedData, Utterance, collate, prepare_data
+from asrlib.training.data import (
+    Batch,
+    FeatureDataset,
+    PreparedData,
+    Utterance,
+    collate,
+    prepare_data,
+)
 from asrlib.training.runs import RunPaths, write_config, write_status
 from asrlib.training.sampler import DurationBucketSampler
 
@@ -202,7 +210,9 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         cfg = self.config
-        write_status(self.paths, "running", step=0, parent=str(self.resume_from) if self.resume_from else None)
+        write_status(self.paths, "running", step=0, pid=os.getpid(), max_steps=cfg.training.max_steps,
+                     model_type=cfg.model.type, preset=cfg.model.preset, dataset=cfg.data.dataset,
+                     parent=str(self.resume_from) if self.resume_from else None)
         write_config(self.paths, {**cfg.to_dict(), "dataset_root": str(self.dataset_root),
                                   "resume_from": str(self.resume_from) if self.resume_from else None})
         torch.manual_seed(cfg.training.seed)

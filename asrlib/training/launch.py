@@ -1,0 +1,166 @@
+"""Resolve and run a training from user-level parameters; shared by the CLI, the job manager and
+the training notebook, so a run started from any of them is configured the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asrlib import checkpoints as ckpt
+from asrlib.config import (
+    RunConfig,
+    deep_merge,
+    load_settings,
+    parse_overrides,
+    resolve_run_config,
+)
+from asrlib.config import checkpoints_dir as default_checkpoints_dir
+from asrlib.logs import run_context
+from asrlib.training.runs import RunPaths, new_run_id, read_status, validate_run_id
+from asrlib.training.trainer import FROZEN_SECTIONS, Trainer, TrainResult, config_differences
+
+log = logging.getLogger(__name__)
+
+STOP_FILE = "STOP"  # created in a run folder to ask its trainer to save and stop
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    config: RunConfig
+    dataset_root: Path
+    resume_from: Path | None
+
+
+def normalise_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Accept overrides as a nested mapping, a flat mapping of dotted keys, or `KEY=VALUE` strings."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, list):
+        return parse_overrides(overrides)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides: expected a mapping or a list of KEY=VALUE strings, got {overrides!r}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"overrides: invalid key {key!r}")
+        part: dict[str, Any] = {}
+        node = part
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+        nested = deep_merge(nested, part)
+    return nested
+
+
+def resolve_checkpoint_path(resume_from: str | os.PathLike[str], root: Path) -> Path:
+    """Find a checkpoint given as a path or as `RUN_ID/ckpt-NNNNNNN.pt` under the checkpoints folder."""
+    path = Path(resume_from)
+    if not path.is_absolute() and not path.exists():
+        path = root / path
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {resume_from}")
+    return path
+
+
+def resolve_training(
+    settings: dict[str, Any],
+    *,
+    model_type: str = "conformer",
+    dataset: str | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    checkpoints_root: Path | None = None,
+) -> ResolvedRun:
+    """Build the run configuration and check it can start: dataset present, resume compatible."""
+    from asrlib.datasets.catalog import resolve_dataset_path
+
+    root = checkpoints_root or default_checkpoints_dir(settings)
+    extra = normalise_overrides(overrides)
+    if dataset:
+        extra = deep_merge(extra, {"data": {"dataset": dataset}})
+    resume_path = None
+    if resume_from:
+        resume_path = resolve_checkpoint_path(resume_from, root)
+        payload = ckpt.load_checkpoint(resume_path)
+        config = RunConfig.from_dict(deep_merge(payload["config"], extra))
+        if model_type and model_type != config.model.type:
+            raise ValueError(
+                f"cannot resume a {payload['config']['model']['type']} checkpoint as model type {model_type}"
+            )
+        diffs = config_differences(payload["config"], config.to_dict(), FROZEN_SECTIONS)
+        if diffs:
+            raise ValueError(
+                f"cannot resume from {resume_path}: the model architecture or tokenizer differs "
+                f"({'; '.join(diffs)}); start a new run instead"
+            )
+    else:
+        config = resolve_run_config(settings, model_type=model_type, preset=preset, overrides=extra)
+    dataset_root = resolve_dataset_path(config.data.dataset, settings)
+    if not (dataset_root / "metadata.csv").is_file():
+        raise FileNotFoundError(
+            f"dataset {config.data.dataset!r} is not present at {dataset_root}; download or import it first "
+            "(asr dataset download/import, or asr dataset demo)"
+        )
+    return ResolvedRun(config=config, dataset_root=dataset_root, resume_from=resume_path)
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """Turn Ctrl-C (or a Jupyter interrupt) into a graceful stop while training runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s; saving a checkpoint and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_training(
+    *,
+    model_type: str = "conformer",
+    dataset: str | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    resume_from: str | None = None,
+    run_id: str | None = None,
+    checkpoints_dir: str | None = None,
+    config_path: str | None = None,
+) -> TrainResult:
+    """Train one run to its end; the parameters are those of notebooks/train.ipynb.
+
+    A run folder that the job manager prepared (state `queued`) is used as it is; any other
+    existing, non-empty folder is rejected so that a run is never overwritten.
+    """
+    settings = load_settings(config_path)
+    root = Path(checkpoints_dir) if checkpoints_dir else default_checkpoints_dir(settings)
+    resolved = resolve_training(settings, model_type=model_type, dataset=dataset, preset=preset,
+                                overrides=overrides, resume_from=resume_from, checkpoints_root=root)
+    run_id = validate_run_id(run_id) if run_id else new_run_id(resolved.config.model.type, resolved.config.model.preset)
+    paths = RunPaths(root / run_id)
+    status = read_status(paths)
+    if paths.root.exists() and any(paths.root.iterdir()) and (status or {}).get("state") != "queued":
+        raise ValueError(f"run folder {paths.root} already exists; choose another run id")
+    stop_file = paths.root / STOP_FILE
+    stop = threading.Event()
+    with run_context(run_id), _stop_on_sigint(stop):
+        trainer = Trainer(resolved.config, paths.root, dataset_root=resolved.dataset_root,
+                          resume_from=resolved.resume_from,
+                          should_stop=lambda: stop.is_set() or stop_file.exists())
+        return trainer.fit()
