@@ -118,6 +118,9 @@ def read_info(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoin
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         info.problem = f"sidecar unreadable: {err}"
         return info
+    if not isinstance(data, dict):
+        info.problem = f"sidecar unreadable: expected a JSON object, got {type(data).__name__}"
+        return info
     for key in ("step", "epoch", "metrics", "sha256", "size", "created", "parent", "run_id"):
         if key in data:
             setattr(info, key, data[key])
@@ -184,3 +187,127 @@ def prune_checkpoints(run_dir: str | os.PathLike[str], *, keep_last: int, keep: 
         sidecar_path(info.path).unlink(missing_ok=True)
         removed.append(info.path)
     return removed
+
+
+# --------------------------------------------------------------------- averaging and deletion
+
+AVERAGE_GLOB = "avg-*.pt"  # averaged checkpoints: weights only, so `prune_checkpoints` leaves them alone
+
+
+class CheckpointInUse(Exception):
+    """A checkpoint that an active run trains into or resumes from; the message names it."""
+
+    status_code = 409
+
+
+def averaged_name(steps: list[int]) -> str:
+    return f"avg-{min(steps):07d}-{max(steps):07d}-{len(steps)}.pt"
+
+
+def list_run_checkpoints(run_dir: str | os.PathLike[str], *, verify: bool = True) -> list[CheckpointInfo]:
+    """List a run's training checkpoints by step, then its averaged checkpoints by name."""
+    run_dir = Path(run_dir)
+    averaged = [read_info(p, verify=verify) for p in sorted(run_dir.glob(AVERAGE_GLOB))]
+    return list_checkpoints(run_dir, verify=verify) + averaged
+
+
+def is_resumable(path: str | os.PathLike[str]) -> bool:
+    """False for checkpoints written without optimizer state (averaged ones, registry models)."""
+    try:
+        data = json.loads(sidecar_path(Path(path)).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return True  # `load_checkpoint` reports the real problem with a better message
+    return not isinstance(data, dict) or data.get("resumable", True) is not False
+
+
+def mark_weights_only(path: Path) -> None:
+    """Record in the sidecar that `path` has no optimizer state, so a resume can be rejected early.
+
+    `read_info` ignores unknown sidecar keys, and the size and sha256 describe only the `.pt`.
+    """
+    side = sidecar_path(path)
+    data = json.loads(side.read_text(encoding="utf-8"))
+    data["resumable"] = False
+    atomic_write_text(side, json.dumps(data, indent=1) + "\n")
+
+
+def average_checkpoints(
+    paths: list[str | os.PathLike[str]], out_path: str | os.PathLike[str], *, run_id: str | None = None
+) -> CheckpointInfo:
+    """Average the model weights of `paths` into a new checkpoint at `out_path`.
+
+    All checkpoints must share the model, features and text settings and the state_dict keys and
+    shapes. Floating-point tensors are averaged in float64 and cast back; integer tensors (such as
+    BatchNorm's `num_batches_tracked`) are taken from the last checkpoint. The result holds the
+    config, tokenizer and split of the last checkpoint and no optimizer state, so it can be
+    evaluated, transcribed with or registered, but not resumed.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
+    out_path = Path(out_path)
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, Any] = {}
+    steps: list[int] = []
+    first_config: dict[str, Any] | None = None
+    for path in paths:
+        payload = load_checkpoint(path)
+        state = payload["model"]
+        if first_config is None:
+            first_config = payload["config"]
+            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+        else:
+            _check_same_model(first_config, payload["config"], Path(paths[0]), Path(path))
+            if state.keys() != total.keys():
+                raise CheckpointError(f"{path}: model weights have other keys than {paths[0]}; cannot average them")
+            for key, value in state.items():
+                if value.shape != total[key].shape:
+                    raise CheckpointError(
+                        f"{path}: {key} has shape {tuple(value.shape)}, {paths[0]} has {tuple(total[key].shape)}"
+                    )
+                total[key] = total[key] + value.double() if value.is_floating_point() else value.clone()
+        steps.append(int(payload.get("step", 0)))
+        last = payload
+    averaged = {
+        key: (value / len(paths)).to(last["model"][key].dtype) if value.is_floating_point() else value
+        for key, value in total.items()
+    }
+    sources = [Path(p).name for p in paths]
+    out = {
+        "model": averaged,
+        "config": last["config"],
+        "tokenizer": last.get("tokenizer"),
+        "split": last.get("split"),
+        "step": last.get("step"),
+        "epoch": last.get("epoch"),
+        "run_id": run_id or last.get("run_id"),
+        "averaged_from": sources,
+    }
+    info = save_checkpoint(out_path, out, step=int(last.get("step") or 0), epoch=int(last.get("epoch") or 0),
+                           metrics={}, parent=str(Path(paths[-1])), run_id=out["run_id"])
+    mark_weights_only(out_path)
+    log.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(sources), out_path)
+    return info
+
+
+def _check_same_model(first: dict[str, Any], other: dict[str, Any], first_path: Path, path: Path) -> None:
+    for section in ("model", "features", "text"):
+        a = {k: v for k, v in (first.get(section) or {}).items() if k != "preset"}
+        b = {k: v for k, v in (other.get(section) or {}).items() if k != "preset"}
+        if a != b:
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise CheckpointError(
+                f"{path}: {section}.{keys[0]} differs from {first_path}; only checkpoints of one model can be averaged"
+            )
+
+
+def delete_checkpoint(path: str | os.PathLike[str], *, in_use: set[Path] = frozenset()) -> None:
+    """Delete a checkpoint and its sidecar; raise CheckpointInUse when `path` is in `in_use`."""
+    path = Path(path)
+    if path.resolve() in {Path(p).resolve() for p in in_use}:
+        raise CheckpointInUse(f"checkpoint {path} is used by an active run; stop the run or wait for it to end")
+    if not path.exists() and not sidecar_path(path).exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # The .pt goes first, as in prune_checkpoints: a leftover sidecar is never listed.
+    path.unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
+    log.info("deleted checkpoint %s", path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,7 +142,8 @@ T = TypeVar("T")
 def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys with their dotted name."""
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        where = prefix.rstrip(".") or "config"
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -149,13 +151,14 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
             f"unknown config key {prefix}{unknown[0]!s}; valid keys under "
             f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         default = getattr(cls(), name) if _has_defaults(cls) else None
         if is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, f"{prefix}{name}.")
+            kwargs[name] = _build(type(default), {} if value is None else value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, default, f"{prefix}{name}")
+            kwargs[name] = _coerce(value, default, f"{prefix}{name}", hints[name])
     return cls(**kwargs)
 
 
@@ -166,9 +169,24 @@ def _has_defaults(cls: type) -> bool:
     )
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
-    """Check a leaf value against the type of its default, allowing int where a float is expected."""
-    if default is None or value is None:
+def _coerce(value: Any, default: Any, key: str, hint: Any) -> Any:
+    """Check a leaf value against the type of its default, allowing int where a float is expected.
+
+    A field whose default is None accepts null or a value of its annotated type (`int | None`).
+    Numeric text such as "3e-4" becomes a number where the field is numeric, because YAML 1.1
+    reads exponents without a dot as strings.
+    """
+    if isinstance(value, str):
+        value = _number_from_text(value, default, hint)
+    if value is None:
+        if default is not None:
+            raise ValueError(f"{key}: expected {type(default).__name__}, got null")
+        return value
+    if default is None:
+        allowed = tuple(t for t in typing.get_args(hint) if t is not type(None))
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise ValueError(f"{key}: expected {names} or null, got {value!r}")
         return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -181,6 +199,20 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     return value
 
 
+def _number_from_text(value: str, default: Any, hint: Any) -> Any:
+    targets = (type(default),) if default is not None else typing.get_args(hint)
+    for target in (int, float):
+        if target in targets and not isinstance(default, bool):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            if target is int:
+                return int(number) if number.is_integer() else value
+            return number
+    return value
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Turn `["training.lr=3e-4", "data.max_clips=10"]` into a nested mapping (values parsed as YAML)."""
     nested: dict[str, Any] = {}
@@ -188,13 +220,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"invalid override {item!r}; expected KEY=VALUE such as training.lr=3e-4")
+        # Strings such as 3e-4 (YAML 1.1 reads them as text) become numbers in _coerce, which
+        # knows the field's type.
         value = yaml.safe_load(raw) if raw.strip() else None
-        if isinstance(value, str):
-            # YAML reads 3e-4 as a string; accept it as the float the user meant.
-            try:
-                value = float(value) if any(c in value for c in "eE.") else value
-            except ValueError:
-                pass
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -24,6 +24,11 @@ class FbankExtractor(nn.Module):
         self.win_length = round(config.sample_rate * config.frame_length_ms / 1000)
         self.hop_length = round(config.sample_rate * config.frame_shift_ms / 1000)
         n_fft = 1 << (self.win_length - 1).bit_length()
+        # torch.stft centres the window inside each n_fft-sample frame. Padding the signal by the
+        # same offsets puts frame k's window on samples [k * hop, k * hop + win). The frame count
+        # is then 1 + (T - win) // hop, not 1 + (T - n_fft) // hop.
+        left = (n_fft - self.win_length) // 2
+        self.padding = (left, n_fft - self.win_length - left)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
             n_fft=n_fft,
@@ -43,7 +48,8 @@ class FbankExtractor(nn.Module):
             raise ValueError(
                 f"audio of {waveform.shape[-1]} samples is shorter than one analysis window ({self.win_length})"
             )
-        return (self.mel(waveform.float()) + LOG_FLOOR).log().transpose(-1, -2)
+        padded = torch.nn.functional.pad(waveform.float(), self.padding)
+        return (self.mel(padded) + LOG_FLOOR).log().transpose(-1, -2)
 
 
 class GlobalCMVN(nn.Module):

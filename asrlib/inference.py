@@ -57,7 +57,7 @@ def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        from asrlib.training.runs import RunPaths, read_status  # noqa: PLC0415 - avoids a cycle at import
+        from asrlib.training.runs import RunPaths, read_status
 
         status = read_status(RunPaths(path)) or {}
         best = status.get("best_checkpoint")

@@ -1,6 +1,6 @@
 """Text normalisation and the character tokenizer.
 
-Normalisation, in order: Unicode NFKC; lowercase; typographic apostrophes to `'`; every other
+Normalisation, in order: typographic apostrophes to `'`; Unicode NFKC; lowercase; every other
 punctuation or symbol character (Unicode categories P* and S*) to a space; whitespace runs to a
 single space. Letters and digits are kept as they are, so a character outside the tokenizer's
 charset (a digit, an accented letter) is still visible and gets counted rather than vanishing.
@@ -19,6 +19,9 @@ _APOSTROPHES = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4":
 
 def normalize_text(text: str) -> str:
     """Normalise a transcript for character modelling (see the module docstring)."""
+    # Apostrophes are mapped before NFKC, which decomposes the acute accent into a space and a
+    # combining mark, and again after it, which turns the fullwidth grave accent into "`".
+    text = "".join(_APOSTROPHES.get(char, char) for char in text)
     text = unicodedata.normalize("NFKC", text).lower()
     out = []
     for char in text:

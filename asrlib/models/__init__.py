@@ -21,7 +21,7 @@ def build_model(config: RunConfig, vocab_size: int) -> nn.Module:
             spec_augment=config.spec_augment,
         )
     if kind == "realtime":
-        from asrlib.models.realtime import build_realtime_model  # noqa: PLC0415 - optional until built
+        from asrlib.models.realtime import build_realtime_model
 
         return build_realtime_model(config, vocab_size)
     raise ValueError(f"unknown model type {kind!r}")

@@ -71,6 +71,24 @@ class ConformerCTC(nn.Module):
             dropout=config.dropout,
         )
         self.head = nn.Linear(config.d_model, vocab_size)
+        # torchaudio's Conformer does not mask padded frames before the depthwise convolution, so
+        # padding leaks into the last frames of a shorter utterance and, through attention, into
+        # all of its frames. A pre-hook zeroes the padded frames at each depthwise input.
+        self._valid_frames: torch.Tensor | None = None  # (B, 1, T') bool, set during forward
+        for layer in self.encoder.conformer_layers:
+            depthwise = layer.conv_module.sequential[2]
+            if not (isinstance(depthwise, nn.Conv1d) and depthwise.groups == depthwise.in_channels > 1):
+                raise RuntimeError(
+                    f"unsupported torchaudio Conformer layout: expected a depthwise Conv1d, got {depthwise}"
+                )
+            depthwise.register_forward_pre_hook(self._mask_padded_frames)
+
+    def _mask_padded_frames(
+        self, module: nn.Module, args: tuple[torch.Tensor]
+    ) -> tuple[torch.Tensor] | None:
+        if self._valid_frames is None:
+            return None
+        return (args[0].masked_fill(~self._valid_frames, 0.0),)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map log-mel features `(B, T, F)` to CTC log-probabilities `(B, T', V)` (float32) and T' lengths."""
@@ -78,5 +96,10 @@ class ConformerCTC(nn.Module):
         if self.spec_augment is not None:
             x = self.spec_augment(x, lengths)
         x, out_lengths = self.subsampling(x, lengths)
-        x, out_lengths = self.encoder(self.dropout(x), out_lengths)
+        frames = torch.arange(x.shape[1], device=x.device)
+        self._valid_frames = (frames < out_lengths[:, None]).unsqueeze(1)
+        try:
+            x, out_lengths = self.encoder(self.dropout(x), out_lengths)
+        finally:
+            self._valid_frames = None
         return self.head(x).float().log_softmax(dim=-1), out_lengths
