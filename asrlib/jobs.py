@@ -271,7 +271,7 @@ class JobManager:
                 write_status(paths, "stopped", error=None)
                 log.info("run %s removed from the queue", run_id)
                 return self.get(run_id)
-            if info.state not in ("running", "stopping"):
+            if info.state not in ACTIVE_STATES:
                 raise Conflict(f"run {run_id!r} is {info.state}; only a queued or running run can be stopped")
             (paths.root / STOP_FILE).touch()
             write_status(paths, "stopping")
@@ -279,12 +279,19 @@ class JobManager:
         return self.get(run_id)
 
     def wait(self, run_id: str, timeout_s: float = 600.0) -> RunInfo:
-        """Block until a run reaches a final state (for tests and scripts)."""
+        """Block until a run reaches a final state and its worker process has exited."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             info = self.get(run_id)
             if info.state not in ACTIVE_STATES:
-                return info
+                # The notebook executor still writes the plots after the trainer's final status.
+                process = self._processes.get(run_id)
+                if process is not None:
+                    try:
+                        process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        break
+                return self.get(run_id)
             time.sleep(0.2)
         raise TimeoutError(f"run {run_id} still {self.get(run_id).state} after {timeout_s} s")
 

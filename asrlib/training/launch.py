@@ -23,7 +23,7 @@ from asrlib.config import (
 )
 from asrlib.config import checkpoints_dir as default_checkpoints_dir
 from asrlib.logs import run_context
-from asrlib.training.runs import RunPaths, new_run_id, read_status, validate_run_id
+from asrlib.training.runs import RunPaths, new_run_id, read_status, validate_run_id, write_status
 from asrlib.training.trainer import FROZEN_SECTIONS, Trainer, TrainResult, config_differences
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,14 @@ def run_training(
     run_id = validate_run_id(run_id) if run_id else new_run_id(resolved.config.model.type, resolved.config.model.preset)
     paths = RunPaths(root / run_id)
     status = read_status(paths)
-    if paths.root.exists() and any(paths.root.iterdir()) and (status or {}).get("state") != "queued":
+    prepared = (status or {}).get("state") in ("queued", "stopping")
+    if paths.root.exists() and any(paths.root.iterdir()) and not prepared:
         raise ValueError(f"run folder {paths.root} already exists; choose another run id")
     stop_file = paths.root / STOP_FILE
+    if stop_file.exists():
+        log.info("run %s was stopped before it started", run_id)
+        write_status(paths, "stopped", step=0)
+        return TrainResult(run_id, "stopped", 0, None, {})
     stop = threading.Event()
     with run_context(run_id), _stop_on_sigint(stop):
         trainer = Trainer(resolved.config, paths.root, dataset_root=resolved.dataset_root,

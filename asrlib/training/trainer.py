@@ -145,6 +145,7 @@ class Trainer:
         self.best_wer: float | None = None
         self.best_path: Path | None = None
         self.last_metrics: dict[str, float] = {}
+        self.last_eval_step: int | None = None
 
     # ----------------------------------------------------------------- setup
 
@@ -257,16 +258,19 @@ class Trainer:
                     "max_steps": cfg.training.max_steps,
                     "train_clips": len(data.splits["train"]), "parent": str(self.resume_from or "") or None})
 
-        loader_generator = torch.Generator().manual_seed(cfg.training.seed)
+        if len(sampler) == 0:
+            raise ValueError("the training split yields no batches; add clips or lower the number of processes")
+        # Persistent workers keep their feature caches across epochs; the sampler is read in this
+        # process at each epoch start, so its position still controls which batches come next.
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed),
+            persistent_workers=cfg.data.num_workers > 0,
+        )
         state = "completed"
         while self.step < cfg.training.max_steps:
             if cfg.training.max_epochs is not None and self.epoch >= cfg.training.max_epochs:
                 break
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
-                pin_memory=self.device.type == "cuda", generator=loader_generator,
-                persistent_workers=False,
-            )
             stopped = self._run_epoch(model, optimizer, scaler, sampler, loader, data)
             if stopped:
                 state = "stopped"
@@ -380,6 +384,7 @@ class Trainer:
         result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device,
                                 loss_fn=self._loss)
         self.last_metrics.update(valid_loss=result["loss"], cer=result["cer"], wer=result["wer"])
+        self.last_eval_step = self.step
         self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "valid_loss": result["loss"],
                     "cer": result["cer"], "wer": result["wer"], "clips": len(utterances)})
         log.info("eval at step %d: valid loss %.4f CER %.4f WER %.4f", self.step, result["loss"],
@@ -403,6 +408,9 @@ class Trainer:
             "run_id": self.paths.run_id,
         }
         metrics = {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float))}
+        if self.last_eval_step != self.step:
+            # Validation numbers from an earlier step do not describe these weights.
+            metrics = {k: v for k, v in metrics.items() if k not in ("valid_loss", "cer", "wer")}
         info = ckpt.save_checkpoint(path, payload, step=self.step, epoch=self.epoch, metrics=metrics,
                                     parent=str(self.resume_from) if self.resume_from else None,
                                     run_id=self.paths.run_id)
