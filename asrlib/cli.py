@@ -59,7 +59,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from asrlib.config import load_settings
     from asrlib.inference import Recognizer
     from asrlib.training.data import prepare_data
-    from asrlib.training.trainer import Trainer, evaluate_model
+    from asrlib.training.trainer import evaluate_model  # noqa: PLC0415
 
     recognizer = Recognizer.from_checkpoint(args.model, device=args.device)
     config = recognizer.config
@@ -76,10 +76,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     utterances = [u for name in ([args.split] if not args.folder else list(data.splits)) for u in data.splits[name]]
     if not utterances:
         raise ValueError(f"split {args.split!r} of {root} is empty; choose another --split or use --folder")
-    loss_fn = Trainer(config, Path("."), dataset_root=root)._loss
     with torch.no_grad():
-        result = evaluate_model(recognizer.model, utterances, config, recognizer.tokenizer, recognizer.device,
-                                loss_fn=loss_fn)
+        result = evaluate_model(recognizer.model, utterances, config, recognizer.tokenizer, recognizer.device)
     print(json.dumps({"clips": len(utterances), "cer": result["cer"], "wer": result["wer"],
                       "loss": result["loss"]}))
     if args.hypotheses:

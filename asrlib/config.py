@@ -55,6 +55,7 @@ class ModelConfig:
     ffn_dim: int = 576  # hidden size of each feed-forward module
     conv_kernel_size: int = 15  # depthwise convolution kernel of each block, in frames after subsampling
     subsampling_channels: int = 144  # channels of the two stride-2 convolutions in front of the encoder
+    conv_norm: str = "layer"  # normalisation in each convolution module: layer (per frame) or batch
     dropout: float = 0.1
     # Streaming settings, used by the realtime model only.
     chunk_frames: int = 16  # encoder frames per chunk after subsampling (16 x 40 ms = 640 ms)
@@ -72,7 +73,10 @@ class DataConfig:
     min_duration: float = 0.3  # seconds; shorter clips are excluded and reported
     max_duration: float = 20.0  # seconds; longer clips are excluded and reported
     cache_features: bool = False  # keep computed features in memory after the first epoch
+    feature_cache_dir: str | None = None  # also keep them on disk here, shared by runs and workers
+    speed_perturb: bool = False  # resample each training clip at speed 0.9, 1.0 or 1.1 (chosen per epoch)
     num_workers: int = 0  # DataLoader worker processes
+    prefetch_factor: int = 2  # batches each worker prepares ahead
     train_on: str = "train"  # split used for training: train, or all to overfit on every clip
 
 
@@ -93,6 +97,8 @@ class TrainingConfig:
     eval_every: int = 500  # steps between validation passes; 0 evaluates only at the end
     checkpoint_every: int = 1000  # steps between checkpoints; a final one is always written
     keep_last: int = 5  # checkpoints kept besides the best; 0 keeps all
+    accumulate_grad_batches: int = 1  # batches whose gradients are summed before each optimizer step
+    compile: bool = False  # torch.compile the encoder (CUDA recommended)
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,15 @@ class RunConfig:
             raise ValueError("training.max_batch_seconds must be positive")
         if not 0 <= self.data.valid_fraction < 1 or not 0 <= self.data.test_fraction < 1:
             raise ValueError("data.valid_fraction and data.test_fraction must be in [0, 1)")
+        if self.training.accumulate_grad_batches < 1:
+            raise ValueError(
+                f"training.accumulate_grad_batches: invalid value {self.training.accumulate_grad_batches}; "
+                "use 1 or more"
+            )
         if self.data.train_on not in ("train", "all"):
             raise ValueError(f"data.train_on: invalid value {self.data.train_on!r}; use train or all")
+        if self.model.conv_norm not in ("layer", "batch"):
+            raise ValueError(f"model.conv_norm: invalid value {self.model.conv_norm!r}; use layer or batch")
         if self.model.d_model % self.model.num_heads:
             raise ValueError(
                 f"model.d_model ({self.model.d_model}) must be divisible by model.num_heads "

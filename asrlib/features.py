@@ -81,7 +81,8 @@ class SpecAugment(nn.Module):
     """Frequency and time masking (Park et al., 2019) on normalised features `(B, T, F)`.
 
     Masks are drawn per utterance within its true length and filled with zero, the mean after
-    CMVN. Randomness comes from the global torch generator, which checkpoints save and restore.
+    CMVN. All draws are tensors on the features' device, so masking never waits for the GPU.
+    Randomness comes from the torch generator of that device, which checkpoints save and restore.
     """
 
     def __init__(self, config: SpecAugmentConfig) -> None:
@@ -92,15 +93,31 @@ class SpecAugment(nn.Module):
         cfg = self.config
         if not self.training or not cfg.enabled:
             return features
-        features = features.clone()
-        spec = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T), a view into `features`
-        for i, length in enumerate(lengths.tolist()):
-            utterance = spec[i : i + 1, :, :, :length]
-            for _ in range(cfg.num_freq_masks):
-                utterance = torchaudio.functional.mask_along_axis(utterance, cfg.freq_mask_width, 0.0, axis=2)
-            time_width = min(cfg.time_mask_width, int(length * cfg.time_mask_max_ratio))
-            if time_width > 0:
-                for _ in range(cfg.num_time_masks):
-                    utterance = torchaudio.functional.mask_along_axis(utterance, time_width, 0.0, axis=3)
-            spec[i : i + 1, :, :, :length] = utterance
-        return features
+        batch, frames, bins = features.shape
+        device = features.device
+        lengths = lengths.to(device)
+        valid = torch.arange(frames, device=device) < lengths[:, None]  # (B, T)
+        masked = torch.zeros(batch, frames, bins, dtype=torch.bool, device=device)
+        if cfg.num_freq_masks and cfg.freq_mask_width:
+            width_limit = torch.full((batch,), float(min(cfg.freq_mask_width, bins)), device=device)
+            in_mask = _random_spans(width_limit, torch.full_like(width_limit, bins), cfg.num_freq_masks, bins)
+            masked |= in_mask[:, None, :] & valid[:, :, None]
+        if cfg.num_time_masks and cfg.time_mask_width:
+            width_limit = torch.minimum(
+                torch.full((batch,), float(cfg.time_mask_width), device=device),
+                (lengths.float() * cfg.time_mask_max_ratio).floor(),
+            )
+            in_mask = _random_spans(width_limit, lengths.float(), cfg.num_time_masks, frames)
+            masked |= in_mask[:, :, None]
+        return features.masked_fill(masked, 0.0)
+
+
+def _random_spans(width_limit: torch.Tensor, size: torch.Tensor, count: int, axis: int) -> torch.Tensor:
+    """`count` spans per row with width uniform in [0, width_limit) inside [0, size); `(B, axis)` bool."""
+    batch = width_limit.shape[0]
+    device = width_limit.device
+    width = (torch.rand(batch, count, device=device) * width_limit[:, None]).floor()
+    start = (torch.rand(batch, count, device=device) * (size[:, None] - width).clamp_min(0)).floor()
+    positions = torch.arange(axis, device=device)
+    inside = (positions >= start[..., None]) & (positions < (start + width)[..., None])  # (B, count, axis)
+    return inside.any(dim=1)

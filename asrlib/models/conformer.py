@@ -36,6 +36,18 @@ class Conv2dSubsampling(nn.Module):
         return x, subsampled_lengths(lengths).clamp(min=0, max=t)
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of `(B, C, T)` input, frame by frame.
+
+    It replaces the BatchNorm of torchaudio's convolution module: per-frame statistics do not
+    depend on the other utterances of the batch, on padding, or on the split of a batch across
+    DDP processes, and a streaming model can use them chunk by chunk.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
 class ConformerCTC(nn.Module):
     """Offline Conformer-CTC acoustic model.
 
@@ -82,6 +94,8 @@ class ConformerCTC(nn.Module):
                     f"unsupported torchaudio Conformer layout: expected a depthwise Conv1d, got {depthwise}"
                 )
             depthwise.register_forward_pre_hook(self._mask_padded_frames)
+            if config.conv_norm == "layer":
+                layer.conv_module.sequential[3] = ChannelLayerNorm(depthwise.out_channels)
 
     def _mask_padded_frames(
         self, module: nn.Module, args: tuple[torch.Tensor]

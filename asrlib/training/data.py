@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torchaudio
 from torch.nn.utils.rnn import pad_sequence
 
+from asrlib.atomic import atomic_open
 from asrlib.audio import load_audio
 from asrlib.config import DataConfig, FeatureConfig
 from asrlib.datasets.ljspeech import Corpus, Problem, load_corpus, make_split
 from asrlib.features import FbankExtractor
 from asrlib.models import subsampled_lengths
 from asrlib.text import CharTokenizer, OOVReport, normalize_text
+from asrlib.training.sampler import DurationBucketSampler
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ def prepare_data(
             excluded["too long"].append(clip.id)
             continue
         labels = tuple(tokenizer.encode(text))
-        frames = extractor.num_frames(int(duration * features.sample_rate))
+        # With speed perturbation a clip can be played up to 10 % faster, so it must fit then too.
+        fastest = max(SPEED_FACTORS) if data.speed_perturb else 1.0
+        frames = extractor.num_frames(int(duration / fastest * features.sample_rate))
         if int(subsampled_lengths(torch.tensor(frames))) < ctc_min_frames(labels) or not labels:
             excluded["too short for CTC"].append(clip.id)
             continue
@@ -117,32 +126,116 @@ def prepare_data(
     return PreparedData(splits=splits, problems=corpus.problems, oov=oov, excluded=excluded)
 
 
-class FeatureDataset(torch.utils.data.Dataset):
-    """Loads audio, resamples and computes log-mel features; optionally keeps them in memory."""
+SPEED_FACTORS = (0.9, 1.0, 1.1)  # speed perturbation as in Kaldi and ESPnet recipes
 
-    def __init__(self, utterances: list[Utterance], features: FeatureConfig, *, cache: bool = False) -> None:
+ItemKey = int | tuple[int, int, int]  # index, or (index, epoch, clips in the global batch) in training
+
+
+def speed_factor(seed: int, epoch: int, index: int) -> float:
+    """The speed for one clip in one epoch: a fixed function of its arguments, so resume is exact."""
+    return random.Random(f"speed:{seed}:{epoch}:{index}").choice(SPEED_FACTORS)
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Loads audio, resamples and computes log-mel features `(frames, num_mel_bins)`.
+
+    Keys are plain indices, or `(index, epoch, global_batch_clips)` tuples from the training loop,
+    which select the speed of the clip in that epoch when speed perturbation is on. Features can be
+    kept in memory (`cache=True`) and on disk (`cache_dir`), keyed by the audio file's path, size
+    and modification time, the feature settings and the speed.
+    """
+
+    def __init__(
+        self,
+        utterances: list[Utterance],
+        features: FeatureConfig,
+        *,
+        cache: bool = False,
+        cache_dir: str | Path | None = None,
+        speed_perturb: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.utterances = utterances
+        self.config = features
         self.sample_rate = features.sample_rate
         self.extractor = FbankExtractor(features)
-        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.cache: dict[tuple[int, float], torch.Tensor] | None = {} if cache else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.speed_perturb = speed_perturb
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def features(self, index: int) -> torch.Tensor:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        utt = self.utterances[index]
-        waveform = load_audio(utt.audio_path, self.sample_rate)
-        feats = self.extractor(waveform)
+    def features(self, index: int, speed: float = 1.0) -> torch.Tensor:
+        if self.cache is not None and (index, speed) in self.cache:
+            return self.cache[(index, speed)]
+        feats = self._from_disk(index, speed)
+        if feats is None:
+            feats = self._compute(index, speed)
+            self._to_disk(index, speed, feats)
         if self.cache is not None:
-            self.cache[index] = feats
+            self.cache[(index, speed)] = feats
         return feats
 
-    def __getitem__(self, index: int) -> dict:
+    def _compute(self, index: int, speed: float) -> torch.Tensor:
+        waveform = load_audio(self.utterances[index].audio_path, self.sample_rate)
+        if speed != 1.0:
+            # Reading the samples as if recorded at rate * speed and resampling to the rate plays
+            # them `speed` times faster, changing tempo and pitch together like `sox speed`.
+            waveform = torchaudio.functional.resample(waveform, round(self.sample_rate * speed), self.sample_rate)
+        return self.extractor(waveform)
+
+    def _cache_path(self, index: int, speed: float) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        path = self.utterances[index].audio_path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = hashlib.sha1(
+            json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, asdict(self.config), speed]).encode()
+        ).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.pt"
+
+    def _from_disk(self, index: int, speed: float) -> torch.Tensor | None:
+        path = self._cache_path(index, speed)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as err:  # a damaged cache file is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache %s: %s", path, err)
+            return None
+
+    def _to_disk(self, index: int, speed: float, feats: torch.Tensor) -> None:
+        path = self._cache_path(index, speed)
+        if path is not None:
+            with atomic_open(path, "wb") as handle:
+                torch.save(feats.clone(), handle)
+
+    def __getitem__(self, key: ItemKey) -> dict:
+        index, epoch, global_clips = (key, None, None) if isinstance(key, int) else key
+        speed = speed_factor(self.seed, epoch, index) if self.speed_perturb and epoch is not None else 1.0
         utt = self.utterances[index]
-        return {"id": utt.id, "features": self.features(index), "labels": torch.tensor(utt.labels, dtype=torch.long),
-                "duration": utt.duration}
+        return {"id": utt.id, "features": self.features(index, speed), "labels": torch.tensor(utt.labels),
+                "duration": utt.duration / speed, "global_clips": global_clips}
+
+
+class EpochBatches:
+    """Batch sampler for the DataLoader: the sampler's batches as `(index, epoch, global_clips)` keys."""
+
+    def __init__(self, sampler: DurationBucketSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        epoch = self.sampler.epoch
+        for shard, global_clips in self.sampler.iter_with_global_size():
+            yield [(index, epoch, global_clips) for index in shard]
 
 
 @dataclass
@@ -153,6 +246,7 @@ class Batch:
     labels: torch.Tensor  # (B, L), padded with -1
     label_lengths: torch.Tensor  # (B,)
     audio_seconds: float
+    global_clips: int  # clips in this step's batch across all processes (B on a single process)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         return Batch(
@@ -162,11 +256,13 @@ class Batch:
             self.labels.to(device, non_blocking=non_blocking),
             self.label_lengths.to(device, non_blocking=non_blocking),
             self.audio_seconds,
+            self.global_clips,
         )
 
     def pin_memory(self) -> Batch:
         return Batch(self.ids, self.features.pin_memory(), self.feature_lengths.pin_memory(),
-                     self.labels.pin_memory(), self.label_lengths.pin_memory(), self.audio_seconds)
+                     self.labels.pin_memory(), self.label_lengths.pin_memory(), self.audio_seconds,
+                     self.global_clips)
 
 
 def collate(items: list[dict]) -> Batch:
@@ -179,4 +275,5 @@ def collate(items: list[dict]) -> Batch:
         labels=pad_sequence(labels, batch_first=True, padding_value=-1),
         label_lengths=torch.tensor([len(x) for x in labels], dtype=torch.long),
         audio_seconds=sum(item["duration"] for item in items),
+        global_clips=items[0].get("global_clips") or len(items),
     )

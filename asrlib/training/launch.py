@@ -23,6 +23,7 @@ from asrlib.config import (
 )
 from asrlib.config import checkpoints_dir as default_checkpoints_dir
 from asrlib.logs import run_context
+from asrlib.training.distributed import init_distributed
 from asrlib.training.runs import RunPaths, new_run_id, read_status, validate_run_id, write_status
 from asrlib.training.trainer import FROZEN_SECTIONS, Trainer, TrainResult, config_differences
 
@@ -152,16 +153,24 @@ def run_training(
     root = Path(checkpoints_dir) if checkpoints_dir else default_checkpoints_dir(settings)
     resolved = resolve_training(settings, model_type=model_type, dataset=dataset, preset=preset,
                                 overrides=overrides, resume_from=resume_from, checkpoints_root=root)
+    # Under torchrun every rank runs this function: rank 0 names the run and checks its folder.
+    ctx, _ = init_distributed(resolved.config.training.device)
     run_id = validate_run_id(run_id) if run_id else new_run_id(resolved.config.model.type, resolved.config.model.preset)
+    run_id = ctx.broadcast(run_id)
     paths = RunPaths(root / run_id)
-    status = read_status(paths)
-    prepared = (status or {}).get("state") in ("queued", "stopping")
-    if paths.root.exists() and any(paths.root.iterdir()) and not prepared:
-        raise ValueError(f"run folder {paths.root} already exists; choose another run id")
+    problem = None
+    if ctx.is_main:
+        prepared = (read_status(paths) or {}).get("state") in ("queued", "stopping")
+        if paths.root.exists() and any(paths.root.iterdir()) and not prepared:
+            problem = f"run folder {paths.root} already exists; choose another run id"
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise ValueError(problem)
     stop_file = paths.root / STOP_FILE
     if stop_file.exists():
         log.info("run %s was stopped before it started", run_id)
-        write_status(paths, "stopped", step=0)
+        if ctx.is_main:
+            write_status(paths, "stopped", step=0)
         return TrainResult(run_id, "stopped", 0, None, {})
     stop = threading.Event()
     with run_context(run_id), _stop_on_sigint(stop):

@@ -17,9 +17,11 @@ class DurationBucketSampler:
     batches are then shuffled across buckets. The order depends only on `seed` and the epoch, so
     `state_dict()` (epoch and batches already consumed) is enough to resume mid-epoch exactly.
 
-    With `world_size > 1` every rank builds the same batch list and takes every
-    `world_size`-th batch starting at its `rank`; the list is cut to a multiple of the world
-    size so all ranks run the same number of steps.
+    With `world_size > 1` the budget is per process: every rank builds the same global batches
+    of up to `world_size * max_batch_seconds` and takes every `world_size`-th clip of each, in
+    duration order, so the ranks' shares are balanced. One DDP step then covers exactly the
+    global batch that a single process with the whole budget would see. Global batches with
+    fewer clips than processes are dropped, so no rank ever gets an empty batch.
     """
 
     def __init__(
@@ -52,6 +54,20 @@ class DurationBucketSampler:
         self.position = 0  # batches of this rank already consumed in `epoch`
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        return [self._shard(batch) for batch in self._global_batches(epoch) if len(batch) >= self.world_size]
+
+    def _shard(self, batch: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return batch
+        ordered = sorted(batch, key=lambda i: (self.durations[i], i))
+        return ordered[self.rank :: self.world_size]
+
+    def global_batches(self) -> list[list[int]]:
+        """The current epoch's batches before they are split across processes."""
+        return [b for b in self._global_batches(self.epoch) if len(b) >= self.world_size]
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        budget = self.max_batch_seconds * self.world_size
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = sorted(range(len(self.durations)), key=lambda i: (self.durations[i], i))
         size = len(order) / self.num_buckets
@@ -64,7 +80,7 @@ class DurationBucketSampler:
             longest = 0.0
             for index in bucket:
                 candidate = max(longest, self.durations[index])
-                if batch and candidate * (len(batch) + 1) > self.max_batch_seconds:
+                if batch and candidate * (len(batch) + 1) > budget:
                     batches.append(batch)
                     batch, candidate = [], self.durations[index]
                 batch.append(index)
@@ -73,16 +89,21 @@ class DurationBucketSampler:
                 batches.append(batch)
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
-        return batches[self.rank : usable : self.world_size]
+        return batches
 
     def __len__(self) -> int:
         return len(self._epoch_batches(self.epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._epoch_batches(self.epoch)
+        for shard, _ in self.iter_with_global_size():
+            yield shard
+
+    def iter_with_global_size(self) -> Iterator[tuple[list[int], int]]:
+        """This rank's batches from the saved position on, each with its global batch's clip count."""
+        batches = self.global_batches()
         # Iteration starts at the saved position; the trainer advances it as batches are consumed.
-        yield from batches[self.position :]
+        for batch in batches[self.position :]:
+            yield self._shard(batch), len(batch)
 
     def advance(self) -> None:
         """Record that one more batch of the current epoch has been consumed."""

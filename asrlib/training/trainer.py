@@ -1,4 +1,9 @@
-"""The training loop: one trainer for every model type, configured by a RunConfig."""
+"""The training loop: one trainer for every model type, configured by a RunConfig.
+
+The same loop runs on one CPU, one GPU, or several processes under torchrun (DDP). Only rank 0
+writes the run folder; every rank keeps its own RNG state in the checkpoint, so a resume with the
+same world size continues exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,15 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from asrlib import checkpoints as ckpt
 from asrlib.atomic import atomic_write_text
@@ -27,21 +31,31 @@ from asrlib.models import build_model, count_parameters
 from asrlib.text import CharTokenizer
 from asrlib.training.data import (
     Batch,
+    EpochBatches,
     FeatureDataset,
     PreparedData,
     Utterance,
     collate,
     prepare_data,
 )
+from asrlib.training.distributed import DistributedContext, init_distributed
 from asrlib.training.runs import RunPaths, write_config, write_status
 from asrlib.training.sampler import DurationBucketSampler
+from asrlib.training.state import (
+    FROZEN_SECTIONS,
+    config_differences,
+    rng_state,
+    same_data_order,
+    seed_everything,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FROZEN_SECTIONS", "TrainResult", "Trainer", "config_differences", "evaluate_model", "lr_at"]
+
 EventCallback = Callable[[dict[str, Any]], None]
 CMVN_MAX_CLIPS = 500  # clips read to estimate the global feature mean and variance
-# Sections that define the network and its inputs: a resumed run must not change them.
-FROZEN_SECTIONS = ("model", "features", "text")
 
 
 @dataclass(frozen=True)
@@ -70,42 +84,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], sections=FROZEN_SECTIONS) -> list[str]:
-    """Dotted keys whose values differ between two config dicts, within `sections`."""
-    diffs = []
-    for section in sections:
-        a, b = old.get(section, {}), new.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            if key != "preset" and a.get(key) != b.get(key):
-                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+class _Window:
+    """Step statistics between two metric lines, kept on the device so the loop never waits for it."""
 
-
-def _same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when two data sections select the same clips in the same order (workers and caching aside)."""
-    ignored = ("num_workers", "cache_features")
-    return {k: v for k, v in old.items() if k not in ignored} == {k: v for k, v in new.items() if k not in ignored}
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def __init__(self, device: torch.device) -> None:
+        self.totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss, grad norm, non-finite steps
+        self.steps = 0
+        self.audio_seconds = 0.0
+        self.frames = 0
+        self.padded_frames = 0
+        self.data_wait = 0.0
+        self.started = time.perf_counter()
 
 
 class Trainer:
@@ -138,7 +127,8 @@ class Trainer:
         self.resume_from = Path(resume_from) if resume_from else None
         self.should_stop = should_stop or (lambda: False)
         self.on_event = on_event
-        self.device = resolve_device(config.training.device)
+        self.ctx = DistributedContext()
+        self.device = torch.device("cpu")
         self.tokenizer = CharTokenizer(config.text.charset)
         self.step = 0
         self.epoch = 0
@@ -146,6 +136,24 @@ class Trainer:
         self.best_path: Path | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_eval_step: int | None = None
+
+    # ----------------------------------------------------------------- run folder
+
+    def _status(self, state: str, **fields: Any) -> None:
+        if self.ctx.is_main:
+            write_status(self.paths, state, **fields)
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        record = {"time": round(time.time(), 3), "run_id": self.paths.run_id, **record}
+        with open(self.paths.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.on_event is not None:
+            try:
+                self.on_event(record)
+            except Exception:  # a broken listener must not end the training
+                log.exception("event callback failed for %s", record.get("event"))
 
     # ----------------------------------------------------------------- setup
 
@@ -161,6 +169,13 @@ class Trainer:
             )
         if CharTokenizer.from_dict(payload["tokenizer"]) != self.tokenizer:
             raise ValueError(f"cannot resume from {self.resume_from}: the tokenizer differs")
+        saved_world = int(payload["sampler"].get("world_size", 1))
+        if saved_world != self.ctx.world_size:
+            raise ValueError(
+                f"cannot resume from {self.resume_from}: it was written by {saved_world} process(es) and this "
+                f"run has {self.ctx.world_size}; resume with torchrun --nproc-per-node {saved_world} "
+                "(or the same total over nodes)"
+            )
         return payload
 
     def _prepare(self, payload: dict[str, Any] | None) -> PreparedData:
@@ -168,9 +183,11 @@ class Trainer:
         if payload is not None and payload["config"]["data"]["dataset"] == self.config.data.dataset:
             split = payload.get("split")
         data = prepare_data(self.dataset_root, self.config.data, self.config.features, self.tokenizer, split=split)
-        atomic_write_text(self.paths.split, json.dumps(data.split_ids(), indent=1) + "\n")
-        atomic_write_text(self.paths.tokenizer, json.dumps(self.tokenizer.to_dict()) + "\n")
-        atomic_write_text(self.paths.data_report, json.dumps(data.summary(), indent=1, ensure_ascii=False) + "\n")
+        if self.ctx.is_main:
+            atomic_write_text(self.paths.split, json.dumps(data.split_ids(), indent=1) + "\n")
+            atomic_write_text(self.paths.tokenizer, json.dumps(self.tokenizer.to_dict()) + "\n")
+            atomic_write_text(self.paths.data_report,
+                              json.dumps(data.summary(), indent=1, ensure_ascii=False) + "\n")
         return data
 
     @torch.no_grad()
@@ -183,110 +200,112 @@ class Trainer:
             count += feats.shape[0]
         model.cmvn.set_stats(total.float(), total_sq.float(), count)
 
-    def _emit(self, record: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 3), "run_id": self.paths.run_id, **record}
-        with open(self.paths.metrics, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.on_event is not None:
-            try:
-                self.on_event(record)
-            except Exception:  # a broken listener must not end the training
-                log.exception("event callback failed for %s", record.get("event"))
-
     # ----------------------------------------------------------------- main loop
 
     def fit(self) -> TrainResult:
+        self.ctx, local_device = init_distributed(self.config.training.device)
+        self.device = local_device or resolve_device(self.config.training.device)
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        handler = add_file_handler(str(self.paths.log))
+        handler = add_file_handler(str(self.paths.log)) if self.ctx.is_main else None
         try:
-            with run_context(self.paths.run_id):
+            with run_context(self.paths.run_id if self.ctx.is_main else f"{self.paths.run_id}:rank{self.ctx.rank}"):
                 return self._fit()
         except BaseException as err:
-            write_status(self.paths, "failed", step=self.step, error=f"{type(err).__name__}: {err}")
+            self._status("failed", step=self.step, error=f"{type(err).__name__}: {err}")
             self._emit({"event": "failed", "step": self.step, "error": f"{type(err).__name__}: {err}"})
             raise
         finally:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
 
     def _fit(self) -> TrainResult:
         cfg = self.config
-        write_status(self.paths, "running", step=0, pid=os.getpid(), max_steps=cfg.training.max_steps,
-                     model_type=cfg.model.type, preset=cfg.model.preset, dataset=cfg.data.dataset,
-                     parent=str(self.resume_from) if self.resume_from else None)
-        write_config(self.paths, {**cfg.to_dict(), "dataset_root": str(self.dataset_root),
-                                  "resume_from": str(self.resume_from) if self.resume_from else None})
-        torch.manual_seed(cfg.training.seed)
-        random.seed(cfg.training.seed)
-        np.random.seed(cfg.training.seed)
+        parent = str(self.resume_from) if self.resume_from else None
+        self._status("running", step=0, pid=os.getpid(), max_steps=cfg.training.max_steps, model_type=cfg.model.type,
+                     preset=cfg.model.preset, dataset=cfg.data.dataset, parent=parent,
+                     world_size=self.ctx.world_size)
+        if self.ctx.is_main:
+            write_config(self.paths, {**cfg.to_dict(), "dataset_root": str(self.dataset_root), "resume_from": parent})
+        # Ranks draw different dropout and SpecAugment masks; DDP copies rank 0's initial weights.
+        seed_everything(cfg.training.seed + self.ctx.rank)
 
         payload = self._load_resume_payload()
         data = self._prepare(payload)
-        train_set = FeatureDataset(data.splits["train"], cfg.features, cache=cfg.data.cache_features)
-        model = build_model(cfg, self.tokenizer.vocab_size).to(self.device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.98), eps=1e-9,
-            weight_decay=cfg.training.weight_decay,
+        train_set = FeatureDataset(
+            data.splits["train"], cfg.features, cache=cfg.data.cache_features, cache_dir=cfg.data.feature_cache_dir,
+            speed_perturb=cfg.data.speed_perturb, seed=cfg.training.seed,
         )
+        model = build_model(cfg, self.tokenizer.vocab_size).to(self.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.98), eps=1e-9,
+                                      weight_decay=cfg.training.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=self._use_fp16())
         sampler = DurationBucketSampler(
-            [u.duration for u in data.splits["train"]],
-            max_batch_seconds=cfg.training.max_batch_seconds,
-            num_buckets=cfg.training.num_buckets,
-            seed=cfg.training.seed,
+            [u.duration for u in data.splits["train"]], max_batch_seconds=cfg.training.max_batch_seconds,
+            num_buckets=cfg.training.num_buckets, seed=cfg.training.seed,
+            rank=self.ctx.rank, world_size=self.ctx.world_size,
         )
         if payload is None:
             self._init_cmvn(model, train_set)
         else:
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            if payload.get("scaler"):
-                scaler.load_state_dict(payload["scaler"])
-            self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
-            if _same_data(payload["config"]["data"], cfg.to_dict()["data"]):
-                sampler.load_state_dict(payload["sampler"])
-            else:
-                log.warning("data settings changed since the checkpoint; batches restart at epoch %d", self.epoch)
-                sampler.start_epoch(self.epoch)
-            _set_rng_state(payload["rng"])
-            log.info("resumed from %s at step %d, epoch %d", self.resume_from, self.step, self.epoch)
-
-        log.info("model %s/%s: %.2f M parameters on %s", cfg.model.type, cfg.model.preset,
-                 count_parameters(model) / 1e6, self.device)
-        self._emit({"event": "started", "step": self.step, "epoch": self.epoch,
-                    "parameters": count_parameters(model), "device": str(self.device),
-                    "max_steps": cfg.training.max_steps,
-                    "train_clips": len(data.splits["train"]), "parent": str(self.resume_from or "") or None})
-
+            self._restore(payload, model, optimizer, scaler, sampler)
         if len(sampler) == 0:
             raise ValueError("the training split yields no batches; add clips or lower the number of processes")
-        # Persistent workers keep their feature caches across epochs; the sampler is read in this
-        # process at each epoch start, so its position still controls which batches come next.
+
+        train_model: torch.nn.Module = model
+        if self.ctx.enabled:
+            train_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.training.compile:
+            train_model = torch.compile(train_model)
+
+        log.info("model %s/%s: %.2f M parameters on %s (%d process(es))", cfg.model.type, cfg.model.preset,
+                 count_parameters(model) / 1e6, self.device, self.ctx.world_size)
+        self._emit({"event": "started", "step": self.step, "epoch": self.epoch, "parameters": count_parameters(model),
+                    "device": str(self.device), "world_size": self.ctx.world_size, "max_steps": cfg.training.max_steps,
+                    "train_clips": len(data.splits["train"]), "parent": parent})
+
+        # Persistent workers keep their feature caches across epochs; the batch sampler runs in
+        # this process at each epoch start, so the sampler position still decides what comes next.
+        workers = cfg.data.num_workers
         loader = torch.utils.data.DataLoader(
-            train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+            train_set, batch_sampler=EpochBatches(sampler), collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed),
-            persistent_workers=cfg.data.num_workers > 0,
+            persistent_workers=workers > 0, prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         )
         state = "completed"
         while self.step < cfg.training.max_steps:
             if cfg.training.max_epochs is not None and self.epoch >= cfg.training.max_epochs:
                 break
-            stopped = self._run_epoch(model, optimizer, scaler, sampler, loader, data)
-            if stopped:
+            if self._run_epoch(model, train_model, optimizer, scaler, sampler, loader, data):
                 state = "stopped"
                 break
             if self.step < cfg.training.max_steps:
                 self.epoch += 1
                 sampler.start_epoch(self.epoch)
 
-        if state == "completed" and (cfg.training.eval_every == 0 or self.step % cfg.training.eval_every):
+        if state == "completed" and self.last_eval_step != self.step:
             self._evaluate(model, data.splits.get("valid") or [])
         path = self._save(model, optimizer, scaler, sampler, data)
-        write_status(self.paths, state, step=self.step, checkpoint=str(path), metrics=self.last_metrics,
+        self._status(state, step=self.step, epoch=self.epoch, checkpoint=str(path), metrics=self.last_metrics,
                      best_checkpoint=str(self.best_path) if self.best_path else None)
         self._emit({"event": state, "step": self.step, "epoch": self.epoch, "checkpoint": str(path)})
         log.info("run %s at step %d; final checkpoint %s", state, self.step, path)
         return TrainResult(self.paths.run_id, state, self.step, path, dict(self.last_metrics))
+
+    def _restore(self, payload, model, optimizer, scaler, sampler) -> None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
+        if same_data_order(payload["config"]["data"], self.config.to_dict()["data"]):
+            sampler.load_state_dict(payload["sampler"])
+        else:
+            log.warning("data settings changed since the checkpoint; batches restart at epoch %d", self.epoch)
+            sampler.start_epoch(self.epoch)
+        set_rng_state(payload["rng"][self.ctx.rank])
+        log.info("resumed from %s at step %d, epoch %d", self.resume_from, self.step, self.epoch)
 
     def _use_fp16(self) -> bool:
         return self.device.type == "cuda" and self.config.training.precision == "fp16"
@@ -298,80 +317,99 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
     def _loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CTC loss per utterance of the global batch; DDP's gradient average then yields its mean."""
         with self._autocast():
             log_probs, out_lengths = model(batch.features, batch.feature_lengths)
         # CTC in float32 whatever the autocast dtype: its recursions underflow in half precision.
-        loss = F.ctc_loss(
+        total = F.ctc_loss(
             log_probs.float().transpose(0, 1), batch.labels.clamp_min(0), out_lengths, batch.label_lengths,
             blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=False,
-        ) / len(batch.ids)
-        return loss, log_probs, out_lengths
+        )
+        return total * self.ctx.world_size / batch.global_clips, log_probs, out_lengths
 
-    def _run_epoch(self, model, optimizer, scaler, sampler, loader, data: PreparedData) -> bool:
+    def _run_epoch(self, model, train_model, optimizer, scaler, sampler, loader, data: PreparedData) -> bool:
         """Train until the epoch ends or max_steps is reached; return True if a stop was requested."""
         cfg = self.config.training
-        model.train()
+        train_model.train()
+        accumulate = cfg.accumulate_grad_batches
+        window = _Window(self.device)
         iterator = iter(loader)
-        window = {"loss": 0.0, "steps": 0, "audio": 0.0, "wait": 0.0, "time": 0.0, "grad_norm": 0.0,
-                  "frames": 0, "padded": 0}
         while self.step < cfg.max_steps:
-            started = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return False
-            fetched = time.perf_counter()
-            batch = batch.to(self.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
             lr = lr_at(self.step + 1, peak=cfg.lr, warmup_steps=cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, _, _ = self._loss(model, batch)
-            if not torch.isfinite(loss):
-                # Should not happen after the CTC length filter; skip rather than poison the weights.
-                log.warning("non-finite loss at step %d on clips %s; batch skipped", self.step + 1, batch.ids)
+            for micro in range(accumulate):
+                fetch_started = time.perf_counter()
+                try:
+                    cpu_batch = next(iterator)
+                except StopIteration:
+                    return False  # an unfinished accumulation is dropped with the epoch's tail
+                window.data_wait += time.perf_counter() - fetch_started
+                window.audio_seconds += cpu_batch.audio_seconds
+                window.frames += int(cpu_batch.feature_lengths.sum())
+                window.padded_frames += cpu_batch.features.shape[0] * cpu_batch.features.shape[1]
+                batch = cpu_batch.to(self.device, non_blocking=True)
+                last = micro == accumulate - 1
+                sync = contextlib.nullcontext() if last or not self.ctx.enabled else train_model.no_sync()
+                with sync:
+                    loss, _, _ = self._loss(train_model, batch)
+                    scaler.scale(loss / accumulate).backward()
+                window.totals[0] += loss.detach() / accumulate
                 sampler.advance()
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            sampler.advance()
+            self._optimizer_step(model, optimizer, scaler, window)
             self.step += 1
+            window.steps += 1
 
-            done = time.perf_counter()
-            window["loss"] += float(loss.detach())
-            window["grad_norm"] += float(grad_norm)
-            window["steps"] += 1
-            window["audio"] += batch.audio_seconds
-            window["wait"] += fetched - started
-            window["time"] += done - started
-            window["frames"] += int(batch.feature_lengths.sum())
-            window["padded"] += batch.features.shape[0] * batch.features.shape[1]
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                self._log_step(window, lr)
-                window = dict.fromkeys(window, 0)
+                self._log_window(window, lr)
+                window = _Window(self.device)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate(model, data.splits.get("valid") or [])
-                model.train()
-            if self.should_stop():
+                train_model.train()
+            if self._stop_requested():
                 log.info("stop requested at step %d", self.step)
                 return True
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
                 self._save(model, optimizer, scaler, sampler, data)
         return False
 
-    def _log_step(self, window: dict[str, float], lr: float) -> None:
-        steps = max(window["steps"], 1)
+    def _optimizer_step(self, model, optimizer, scaler, window: _Window) -> None:
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.training.grad_clip)
+        finite = torch.isfinite(grad_norm)
+        # A non-finite gradient would poison the weights. Zeroing it on the device avoids a host
+        # sync per step; AdamW's moment estimates still decay for that step. The count is logged.
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, finite.to(grads[0].dtype))
+        window.totals[1] += torch.where(finite, grad_norm, 0.0)
+        window.totals[2] += (~finite).to(torch.float64)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _stop_requested(self) -> bool:
+        # Under DDP every rank must stop at the same step, so the flag is agreed on collectively.
+        if self.ctx.enabled and self.step % self.config.training.log_every:
+            return False
+        return self.ctx.any(self.should_stop() if self.ctx.is_main else False, self.device)
+
+    def _log_window(self, window: _Window, lr: float) -> None:
+        totals = self.ctx.all_reduce_sum(window.totals.clone())
+        counts = self.ctx.all_reduce_sum(torch.tensor(
+            [window.audio_seconds, window.frames, window.padded_frames], dtype=torch.float64, device=self.device))
+        loss_sum, norm_sum, nonfinite = totals.tolist()  # the one host sync of the window
+        audio, frames, padded = counts.tolist()
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        steps = max(window.steps, 1)
         record = {
             "event": "step", "step": self.step, "epoch": self.epoch,
-            "loss": window["loss"] / steps, "lr": lr, "grad_norm": window["grad_norm"] / steps,
-            "audio_seconds_per_second": window["audio"] / max(window["time"], 1e-9),
-            "data_wait_share": window["wait"] / max(window["time"], 1e-9),
-            "padding_share": 1 - window["frames"] / max(window["padded"], 1),
+            "loss": loss_sum / self.ctx.world_size / steps, "lr": lr, "grad_norm": norm_sum / self.ctx.world_size / steps,
+            "audio_seconds_per_second": audio / elapsed, "data_wait_share": window.data_wait / elapsed,
+            "padding_share": 1 - frames / max(padded, 1), "nonfinite_steps": int(nonfinite / self.ctx.world_size),
         }
+        if record["nonfinite_steps"]:
+            log.warning("%d steps with a non-finite gradient before step %d were skipped", record["nonfinite_steps"],
+                        self.step)
         self.last_metrics.update(loss=record["loss"])
         log.info("step %d epoch %d loss %.4f lr %.2e grad_norm %.2f %.1f audio-s/s", self.step, self.epoch,
                  record["loss"], lr, record["grad_norm"], record["audio_seconds_per_second"])
@@ -379,19 +417,29 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, model: torch.nn.Module, utterances: list[Utterance]) -> None:
-        if not utterances:
-            return
-        result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device,
-                                loss_fn=self._loss)
-        self.last_metrics.update(valid_loss=result["loss"], cer=result["cer"], wer=result["wer"])
+        """Validate on rank 0 while the other ranks wait at a barrier."""
+        if utterances and self.ctx.is_main:
+            result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device, loss_fn=self._eval_loss)
+            self.last_metrics.update(valid_loss=result["loss"], cer=result["cer"], wer=result["wer"])
+            self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "valid_loss": result["loss"],
+                        "cer": result["cer"], "wer": result["wer"], "clips": len(utterances)})
+            log.info("eval at step %d: valid loss %.4f CER %.4f WER %.4f", self.step, result["loss"],
+                     result["cer"], result["wer"])
         self.last_eval_step = self.step
-        self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "valid_loss": result["loss"],
-                    "cer": result["cer"], "wer": result["wer"], "clips": len(utterances)})
-        log.info("eval at step %d: valid loss %.4f CER %.4f WER %.4f", self.step, result["loss"],
-                 result["cer"], result["wer"])
+        self.ctx.barrier()
+
+    def _eval_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ctc_batch_loss(model, batch, self.tokenizer.blank_id, self._autocast())
 
     def _save(self, model, optimizer, scaler, sampler, data: PreparedData) -> Path:
         path = self.paths.root / ckpt.checkpoint_name(self.step)
+        rng_states = self.ctx.gather(rng_state())  # a collective: every rank takes part
+        if self.ctx.is_main:
+            self._write_checkpoint(path, model, optimizer, scaler, sampler, data, rng_states)
+        self.ctx.barrier()
+        return path
+
+    def _write_checkpoint(self, path, model, optimizer, scaler, sampler, data, rng_states) -> None:
         payload = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -401,7 +449,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "sampler": sampler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_states,
             "config": self.config.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
             "split": data.split_ids(),
@@ -418,10 +466,20 @@ class Trainer:
             self.best_wer, self.best_path = metrics["wer"], path
         ckpt.prune_checkpoints(self.paths.root, keep_last=self.config.training.keep_last,
                                keep={self.best_path} if self.best_path else set())
-        write_status(self.paths, "running", step=self.step, checkpoint=str(path))
+        write_status(self.paths, "running", step=self.step, epoch=self.epoch, checkpoint=str(path))
         self._emit({"event": "checkpoint", "step": self.step, "epoch": self.epoch, "path": str(path),
                     "size": info.size, "metrics": metrics})
-        return path
+
+
+def ctc_batch_loss(
+    model: torch.nn.Module, batch: Batch, blank: int, autocast: contextlib.AbstractContextManager | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean CTC loss per utterance of one batch, computed in float32, with the log-probs and lengths."""
+    with autocast or contextlib.nullcontext():
+        log_probs, out_lengths = model(batch.features, batch.feature_lengths)
+    total = F.ctc_loss(log_probs.float().transpose(0, 1), batch.labels.clamp_min(0), out_lengths,
+                       batch.label_lengths, blank=blank, reduction="sum", zero_infinity=False)
+    return total / len(batch.ids), log_probs, out_lengths
 
 
 @torch.no_grad()
@@ -432,9 +490,10 @@ def evaluate_model(
     tokenizer: CharTokenizer,
     device: torch.device,
     *,
-    loss_fn: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Greedy-decode `utterances`; return the mean CTC loss, CER, WER and the hypotheses by clip id."""
+    loss_fn = loss_fn or (lambda m, b: ctc_batch_loss(m, b, tokenizer.blank_id))
     was_training = model.training
     model.eval()
     dataset = FeatureDataset(utterances, config.features)
@@ -445,11 +504,11 @@ def evaluate_model(
         batch = collate([dataset[i] for i in indices]).to(device)
         loss, log_probs, out_lengths = loss_fn(model, batch)
         total_loss += float(loss) * len(indices)
-        for index, hyp in zip(indices, greedy_ctc_decode(log_probs, out_lengths, tokenizer.blank_id)):
+        for index, hyp in zip(indices, greedy_ctc_decode(log_probs, out_lengths, tokenizer.blank_id), strict=True):
             ids.append(utterances[index].id)
             refs.append(utterances[index].text)
             hyps.append(tokenizer.decode(hyp.tokens))
     rates = error_rates(refs, hyps)
     model.train(was_training)
     return {"loss": total_loss / len(utterances), "cer": rates.cer, "wer": rates.wer,
-            "hypotheses": dict(zip(ids, hyps))}
+            "hypotheses": dict(zip(ids, hyps, strict=True))}

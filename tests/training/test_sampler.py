@@ -117,13 +117,27 @@ def test_state_dict_contents():
 
 def test_shards_disjoint_equal_length():
     durations = _durations(501)
-    full = list(_sampler(durations, seed=2))
     shards = [list(_sampler(durations, seed=2, rank=rank, world_size=2)) for rank in (0, 1)]
     first = {i for batch in shards[0] for i in batch}
     second = {i for batch in shards[1] for i in batch}
     assert len(shards[0]) == len(shards[1])
     assert not first & second
-    assert len(shards[0]) + len(shards[1]) >= len(full) - 1  # at most world_size - 1 batches dropped
+    kept = _sampler(durations, seed=2, world_size=2).global_batches()
+    assert len(first | second) == sum(len(batch) for batch in kept)
+    assert len(durations) - len(first | second) <= 20  # only single-clip tails of buckets are dropped
+
+
+def test_shards_union_is_single_process_batch():
+    durations = _durations(501)
+    budget = 60.0
+    single = list(DurationBucketSampler(durations, max_batch_seconds=2 * budget, seed=2))
+    shards = [list(DurationBucketSampler(durations, max_batch_seconds=budget, seed=2, rank=r, world_size=2))
+              for r in (0, 1)]
+    # A global batch of one clip cannot be split over two processes, so that run drops it.
+    single = [batch for batch in single if len(batch) >= 2]
+    assert len(single) == len(shards[0])
+    for step, batch in enumerate(single):
+        assert sorted(batch) == sorted(shards[0][step] + shards[1][step])
 
 
 def test_world_size_mismatch_rejected():
