@@ -63,6 +63,7 @@ class JobSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted or nested config overrides
     resume_from: str | None = None  # checkpoint path, or RUN_ID/ckpt-NNNNNNN.pt under the checkpoints folder
     run_id: str | None = None  # None generates one
+    processes: int = 1  # training processes on this machine; more than 1 runs DDP under torchrun
 
 
 @dataclass
@@ -221,6 +222,8 @@ class JobManager:
     def start(self, spec: JobSpec) -> RunInfo:
         """Validate a request, create its run folder and launch (or queue) it."""
         run_id = spec.run_id
+        if not 1 <= spec.processes <= 64:
+            raise InvalidRequest(f"processes must be between 1 and 64, got {spec.processes}")
         try:
             if run_id:
                 validate_run_id(run_id)
@@ -427,6 +430,7 @@ def run_job(run_dir: Path) -> int:
         "model_type": job["model_type"], "dataset": job["dataset"], "preset": job["preset"],
         "overrides": job["overrides"], "resume_from": job["resume_from"], "run_id": job["run_id"],
         "checkpoints_dir": job["checkpoints_dir"], "config_path": job.get("config_path"),
+        "processes": job.get("processes", 1),
     }
     with run_context(job["run_id"]):
         if job["executor"] == "process":

@@ -4,9 +4,12 @@ the training notebook, so a run started from any of them is configured the same 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,16 +146,24 @@ def run_training(
     run_id: str | None = None,
     checkpoints_dir: str | None = None,
     config_path: str | None = None,
+    processes: int = 1,
 ) -> TrainResult:
     """Train one run to its end; the parameters are those of notebooks/train.ipynb.
 
     A run folder that the job manager prepared (state `queued`) is used as it is; any other
-    existing, non-empty folder is rejected so that a run is never overwritten.
+    existing, non-empty folder is rejected so that a run is never overwritten. With
+    `processes > 1` the run is handed to torchrun (DDP on this machine) and this call waits for it.
     """
     settings = load_settings(config_path)
     root = Path(checkpoints_dir) if checkpoints_dir else default_checkpoints_dir(settings)
     resolved = resolve_training(settings, model_type=model_type, dataset=dataset, preset=preset,
                                 overrides=overrides, resume_from=resume_from, checkpoints_root=root)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        run_id = validate_run_id(run_id) if run_id else new_run_id(resolved.config.model.type,
+                                                                     resolved.config.model.preset)
+        return _run_torchrun(processes, run_id=run_id, root=root, model_type=model_type, dataset=dataset,
+                             preset=preset, overrides=normalise_overrides(overrides), resume_from=resume_from,
+                             config_path=config_path)
     # Under torchrun every rank runs this function: rank 0 names the run and checks its folder.
     ctx, _ = init_distributed(resolved.config.training.device)
     run_id = validate_run_id(run_id) if run_id else new_run_id(resolved.config.model.type, resolved.config.model.preset)
@@ -171,10 +182,43 @@ def run_training(
         log.info("run %s was stopped before it started", run_id)
         if ctx.is_main:
             write_status(paths, "stopped", step=0)
-        return TrainResult(run_id, "stopped", 0, None, {})
+        return TrainResult(run_id, "stopped", 0, None, {}, paths.root)
     stop = threading.Event()
     with run_context(run_id), _stop_on_sigint(stop):
         trainer = Trainer(resolved.config, paths.root, dataset_root=resolved.dataset_root,
                           resume_from=resolved.resume_from,
                           should_stop=lambda: stop.is_set() or stop_file.exists())
         return trainer.fit()
+
+
+def _flatten(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    items = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
+
+
+def _run_torchrun(processes: int, *, run_id: str, root: Path, model_type: str, dataset: str | None,
+                  preset: str | None, overrides: dict[str, Any], resume_from: str | None,
+                  config_path: str | None) -> TrainResult:
+    """Run `torchrun --nproc-per-node N -m asrlib.train` for this run and return its final status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "asrlib.train", "--model", model_type, "--run-id", run_id, "--checkpoints", str(root)]
+    for flag, value in (("--dataset", dataset), ("--preset", preset), ("--resume", resume_from),
+                        ("--config", config_path)):
+        if value:
+            command += [flag, str(value)]
+    for item in _flatten(overrides):
+        command += ["--set", item]
+    log.info("starting %d training processes: %s", processes, " ".join(command))
+    # torchrun forwards SIGINT and SIGTERM to its workers, whose rank 0 then saves and stops.
+    code = subprocess.run(command, check=False).returncode
+    status = read_status(RunPaths(root / run_id)) or {}
+    if code != 0 and status.get("state") not in ("stopped", "completed"):
+        raise RuntimeError(f"torchrun exited with code {code}; see {root / run_id / 'train.log'}")
+    checkpoint = status.get("checkpoint")
+    return TrainResult(run_id, status.get("state", "failed"), int(status.get("step", 0)),
+                       Path(checkpoint) if checkpoint else None, status.get("metrics") or {}, root / run_id)

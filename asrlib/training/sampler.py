@@ -12,7 +12,7 @@ Seconds = float
 class DurationBucketSampler:
     """Yields batches of dataset indices whose padded duration stays under a budget.
 
-    Clips are split into `num_buckets` quantile buckets by duration, shuffled within each bucket and
+    Clips are split into at most `num_buckets` quantile buckets by duration, shuffled within each bucket and
     packed greedily so that `len(batch) * max(duration)` stays at most `max_batch_seconds`; the
     batches are then shuffled across buckets. The order depends only on `seed` and the epoch, so
     `state_dict()` (epoch and batches already consumed) is enough to resume mid-epoch exactly.
@@ -45,7 +45,10 @@ class DurationBucketSampler:
             raise ValueError("cannot batch an empty dataset")
         self.durations = [float(d) for d in durations]
         self.max_batch_seconds = max_batch_seconds
-        self.num_buckets = min(num_buckets, len(self.durations))
+        # A bucket must hold enough audio for a couple of full batches, or batches come out
+        # short and a DDP step could not be split; small datasets therefore get fewer buckets.
+        fill = int(sum(self.durations) // (2 * max_batch_seconds * world_size))
+        self.num_buckets = max(1, min(num_buckets, len(self.durations), fill))
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank

@@ -65,6 +65,7 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     metrics: dict[str, float]
+    run_dir: Path | None = None
 
 
 def lr_at(step: int, *, peak: float, warmup_steps: int) -> float:
@@ -291,7 +292,7 @@ class Trainer:
                      best_checkpoint=str(self.best_path) if self.best_path else None)
         self._emit({"event": state, "step": self.step, "epoch": self.epoch, "checkpoint": str(path)})
         log.info("run %s at step %d; final checkpoint %s", state, self.step, path)
-        return TrainResult(self.paths.run_id, state, self.step, path, dict(self.last_metrics))
+        return TrainResult(self.paths.run_id, state, self.step, path, dict(self.last_metrics), self.paths.root)
 
     def _restore(self, payload, model, optimizer, scaler, sampler) -> None:
         model.load_state_dict(payload["model"])

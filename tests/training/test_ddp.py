@@ -72,3 +72,21 @@ def test_resume_with_other_world_size_rejected(runs):
     assert proc.returncode == 2
     assert "written by 2 process(es)" in proc.stderr
     assert "--nproc-per-node 2" in proc.stderr
+
+
+def test_job_manager_launches_ddp(tmp_path):
+    from asrlib.config import load_settings
+    from asrlib.jobs import JobManager, JobSpec
+    from tests.conftest import REPO_ROOT
+
+    manager = JobManager(load_settings(REPO_ROOT / "config.yaml"), checkpoints_root=tmp_path, executor="process")
+    try:
+        overrides = {"data.max_clips": 8, "data.train_on": "all", "training.max_steps": 3, "training.eval_every": 0,
+                     "training.max_batch_seconds": BUDGET_S, "training.log_every": 1, "training.device": "cpu"}
+        run = manager.start(JobSpec(preset="tiny", dataset=str(LJSPEECH_MINI), overrides=overrides, processes=2))
+        done = manager.wait(run.run_id, timeout_s=300)
+        assert done.state == "completed", done.error
+        started = [e for e in manager.read_events(run.run_id)[0] if e["event"] == "started"]
+        assert started[0]["world_size"] == 2
+    finally:
+        manager.shutdown()
