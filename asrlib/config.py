@@ -1,6 +1,6 @@
 """Typed configuration loaded from `config.yaml`, with dotted command-line overrides.
 
-The YAML file holds the workbench settings (paths, dataset catalog, language) and the defaults of
+The YAML file contains the workbench settings (paths, dataset catalog, language) and the defaults of
 a training run. A run's configuration is resolved once, from those defaults, the chosen model
 preset and the user's overrides, and is then saved with the run and inside every checkpoint.
 """
@@ -234,7 +234,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"invalid override {item!r}; expected KEY=VALUE such as training.lr=3e-4")
         # Strings such as 3e-4 (YAML 1.1 reads them as text) become numbers in _coerce, which
-        # knows the field's type.
+        # has the field's type.
         value = yaml.safe_load(raw) if raw.strip() else None
         node = nested
         parts = key.strip().split(".")

@@ -133,8 +133,8 @@ class Recognizer:
     def transcribe(self, sources: list[AudioSource], *, names: list[str] | None = None,
                    batch_size: int = 8) -> list[Transcription]:
         """Transcribe files or encoded bytes; a source that fails gets `error` set, the rest still run."""
-        names = names or [s if isinstance(s, str) else str(s) if not isinstance(s, bytes) else "<bytes>"
-                          for s in sources]
+        if names is None:
+            names = ["<bytes>" if isinstance(s, bytes) else str(s) for s in sources]
         results: list[Transcription] = [Transcription(source=n) for n in names]
         loaded: list[tuple[int, torch.Tensor, float]] = []
         for index, (source, name) in enumerate(zip(sources, names)):

@@ -95,7 +95,7 @@ class RunInfo:
 
 
 def _process_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), which tells a reused pid apart."""
+    """Return the start time of `pid` in clock ticks since boot; a reused pid has a different one."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
@@ -120,7 +120,7 @@ class JobManager:
             executor).
         checkpoints_root: folder of run folders; defaults to `paths.checkpoints`.
         max_concurrent: runs allowed at once (default 1: one GPU trains one run well).
-        on_limit: `reject` answers a start past the limit with Conflict; `queue` starts it later.
+        on_limit: `reject` raises Conflict for a start past the limit; `queue` starts it later.
         executor: `notebook` (papermill, the executed notebook is kept in the run folder) or
             `process` (the trainer called directly; faster to start).
     """
@@ -406,7 +406,7 @@ class JobManager:
 
 
 def _last_error(log_path: Path, max_chars: int = 400) -> str:
-    """The last error-looking line of a worker log, for the failure reason."""
+    """Return the last line of a worker log that looks like an error, for the failure reason."""
     try:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:

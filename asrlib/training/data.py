@@ -58,7 +58,7 @@ class PreparedData:
 
 
 def ctc_min_frames(labels: tuple[int, ...] | list[int]) -> int:
-    """Fewest encoder frames CTC needs: one per label plus a blank between each repeated pair."""
+    """Return the minimum number of encoder frames CTC needs: one per label, plus one blank per repeated pair."""
     repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
     return len(labels) + repeats
 

@@ -46,7 +46,7 @@ class DistributedContext:
         return bool(value.item())
 
     def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj`, in rank order, on every rank."""
+        """Collect every rank's `obj` on every rank, in rank order."""
         if not self.enabled:
             return [obj]
         out: list[Any] = [None] * self.world_size
@@ -54,7 +54,7 @@ class DistributedContext:
         return out
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
+        """Send rank 0's `obj` to every rank and return it."""
         if not self.enabled:
             return obj
         box = [obj]

@@ -66,7 +66,7 @@ class DurationBucketSampler:
         return ordered[self.rank :: self.world_size]
 
     def global_batches(self) -> list[list[int]]:
-        """The current epoch's batches before they are split across processes."""
+        """Return the current epoch's batches before they are split across processes."""
         return [b for b in self._global_batches(self.epoch) if len(b) >= self.world_size]
 
     def _global_batches(self, epoch: int) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""What a checkpoint must carry beyond the weights for an exact resume: RNG states and compatibility."""
+"""Checkpoint contents beyond the weights that an exact resume needs: RNG states and compatibility checks."""
 
 from __future__ import annotations
 
