@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_dataset_parser(sub)
+    from asrlib.gpu import add_gpu_parser  # noqa: PLC0415 - imports torch only when the command runs
+
+    add_gpu_parser(sub)
     return parser
 
 
