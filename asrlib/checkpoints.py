@@ -238,7 +238,7 @@ def average_checkpoints(
 
     All checkpoints must share the model, features and text settings and the state_dict keys and
     shapes. Floating-point tensors are averaged in float64 and cast back; integer tensors (such as
-    BatchNorm's `num_batches_tracked`) are taken from the last checkpoint. The result holds the
+    BatchNorm's `num_batches_tracked`) are taken from the last checkpoint. The result contains the
     config, tokenizer and split of the last checkpoint and no optimizer state, so it can be
     evaluated, transcribed with or registered, but not resumed.
     """

@@ -95,6 +95,11 @@ def resolve_training(
     if resume_from:
         resume_path = resolve_checkpoint_path(resume_from, root)
         payload = ckpt.load_checkpoint(resume_path)
+        if "optimizer" not in payload or "sampler" not in payload:
+            raise ValueError(
+                f"cannot resume from {resume_path}: it holds weights only (an averaged checkpoint or a "
+                "registered model); resume from one of the run's ckpt-*.pt files"
+            )
         config = RunConfig.from_dict(deep_merge(payload["config"], extra))
         if model_type and model_type != config.model.type:
             raise ValueError(

@@ -15,6 +15,7 @@ import yaml
 from asrlib.atomic import atomic_write_text
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RESERVED_NAMES = ("models",)  # folders under checkpoints/ that are not runs
 STATES = ("queued", "running", "stopping", "stopped", "completed", "failed")
 
 
@@ -24,6 +25,8 @@ def validate_run_id(run_id: str) -> str:
         raise ValueError(
             f"invalid run id {run_id!r}; use letters, digits, '.', '_' and '-' (at most 128, no '..')"
         )
+    if run_id in RESERVED_NAMES:
+        raise ValueError(f"invalid run id {run_id!r}: the checkpoints folder uses that name; choose another")
     return run_id
 
 
