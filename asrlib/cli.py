@@ -59,7 +59,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from asrlib.config import load_settings
     from asrlib.inference import Recognizer
     from asrlib.training.data import prepare_data
-    from asrlib.training.trainer import evaluate_model  # noqa: PLC0415
+    from asrlib.training.trainer import evaluate_model
 
     recognizer = Recognizer.from_checkpoint(args.model, device=args.device)
     config = recognizer.config
@@ -124,14 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--hypotheses", action="store_true", help="also print reference and hypothesis per clip")
     evaluate.set_defaults(func=_evaluate)
 
-    try:
-        from asrlib.datasets.cli import add_dataset_parser
-    except ImportError:
-        pass
-    else:
-        add_dataset_parser(sub)
-    from asrlib.gpu import add_gpu_parser  # noqa: PLC0415 - imports torch only when the command runs
+    # These modules import torch only when their command runs, so `asr --help` stays fast.
+    from asrlib.datasets.cli import add_dataset_parser
+    from asrlib.gpu import add_gpu_parser
+    from asrlib.streaming_cli import add_stream_parser
 
+    add_stream_parser(sub)
+    add_dataset_parser(sub)
     add_gpu_parser(sub)
     return parser
 

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from asrlib.api import streaming
 from asrlib.api.errors import install_error_handlers
 from asrlib.api.events import EventHub, RunEventTailer
 from asrlib.api.limits import BodyLimit, BodySizeLimitMiddleware
@@ -114,6 +115,7 @@ def create_app(
     for module in (system, runs, models, datasets, transcribe):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(ws.router)
+    app.include_router(streaming.router)  # /ws/asr; its service is built lazily from app.state.api
     upload_limit = BodyLimit(api_settings.upload_max_bytes + MULTIPART_OVERHEAD_BYTES,
                              f"api.upload_max_bytes = {api_settings.upload_max_bytes} plus "
                              f"{MULTIPART_OVERHEAD_BYTES} for the form around the file")

@@ -14,18 +14,22 @@ Protocol (JSON text frames and binary audio frames):
    Audio sent while the model loads is queued and decoded afterwards.
 4. The server sends `{"type": "partial" | "final", "text", "utterance", "start", "end",
    "latency_ms"}` per decoded chunk and per utterance closed by endpointing. `start` and `end`
-   are seconds of stream audio; `latency_ms` is the time from the arrival of the audio frame
-   whose processing produced the message to the moment the message is queued for sending.
+   are seconds of stream audio. `latency_ms` runs from the arrival of the audio frame whose
+   processing produced the message to the moment the message is queued for sending.
 5. The client sends `{"type": "end"}`; the server decodes what remains, sends the last finals
    and closes with code 1000. A client may also just close the socket; then nothing more is
    sent and the session is freed.
 
-Errors are sent as `{"type": "error", "detail"}` followed by a close with a standard code:
-1003 for an unknown encoding, 1007 for invalid data (a text frame that is not JSON, an odd
-byte count for pcm16, WebM that cannot be decoded), 1008 for protocol violations (binary before
-start, an unknown message, a frame over `max_frame_bytes`, a model that is not found or lies
-outside the checkpoints folder, a timeout, a client that does not read its results), 1011 when
-the model fails to load or recognition fails, and 1013 when `max_sessions` are open.
+Errors are sent as `{"type": "error", "detail"}`, followed by a close with a standard code:
+
+- 1003: an unknown encoding;
+- 1007: invalid data (a text frame that is not JSON, an odd byte count for pcm16, WebM that
+  cannot be decoded);
+- 1008: a protocol violation (binary before start, an unknown message, a frame over
+  `max_frame_bytes`, a model that is not found or lies outside the checkpoints folder, a
+  timeout, a client that does not read its results);
+- 1011: the model failed to load, or recognition failed;
+- 1013: `max_sessions` sessions are open.
 
 Memory per session is bounded in both directions. Inbound, at most `inbound_queue_frames`
 audio frames wait for the recognizer; while that queue is full the server stops reading the
@@ -34,9 +38,9 @@ Outbound, at most `outbound_queue_messages` results wait for a client that reads
 the queue is full the oldest waiting partial is dropped (a later partial or final supersedes
 it), and if only finals and errors are waiting the session is closed with code 1008.
 
-The lead wires the router into the app with `app.include_router(streaming.router)`. The
-service is created on first use from `app.state.api` when the workbench API set it up, or
-explicitly with `install_streaming(app, checkpoints_root=...)`.
+Mount the router with `app.include_router(streaming.router)`. Its service is created on first
+use from `app.state.api` when the workbench API set that up, or explicitly with
+`install_streaming(app, checkpoints_root=...)`.
 """
 
 from __future__ import annotations
@@ -90,14 +94,17 @@ CLOSE_TRY_LATER = 1013
 MAX_CLOSE_REASON_BYTES = 123  # a close frame's reason is at most 123 bytes
 WORKER_POLL_S = 0.2  # how often a blocked session thread checks whether the session was aborted
 INBOUND_POLL_S = 0.005  # how often the receiver retries a full inbound queue
+# How long an error message and close may take to reach a client. Without a limit, a client that
+# does not read would keep its session open.
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
 class StreamingServiceSettings:
     """Limits and defaults of the `/ws/asr` service."""
 
-    max_sessions: int = 8  # open sessions; one more is closed with code 1013
-    max_loaded_models: int = 2  # models kept in memory; the least recently requested goes first
+    max_sessions: int = 8  # open sessions; the next one is closed with code 1013
+    max_loaded_models: int = 2  # models kept in memory, evicting the least recently requested
     device: str = "cpu"  # torch device of the models
     compute_slots: int = 2  # recognizer steps that run at the same time across all sessions
     inbound_queue_frames: int = 64  # audio frames waiting for the recognizer, per session
@@ -126,7 +133,7 @@ class _ModelCache:
     """Loads models in a background thread and keeps the most recently requested ones.
 
     Entries are keyed by path, modification time and size, so a checkpoint replaced on disk is
-    loaded again. A failed load is not kept; the next request retries it.
+    loaded again. A failed load is not kept, so the next request retries it.
     """
 
     def __init__(self, loader: ModelLoader, *, max_models: int, device: str) -> None:
@@ -204,7 +211,7 @@ class StreamingService:
                                 max_utterance_s=self.settings.max_utterance_s)
 
 
-SERVICE_ATTRIBUTE = "asr_streaming"  # the attribute of app.state that holds the StreamingService
+SERVICE_ATTRIBUTE = "asr_streaming"  # the attribute of app.state that contains the StreamingService
 
 
 def install_streaming(
@@ -252,6 +259,7 @@ async def asr_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     session_id = service.acquire_session()
     if session_id is None:
+        log.warning("ASR stream rejected: all %d sessions are open", service.settings.max_sessions)
         await _send_error_and_close(websocket, f"server busy: {service.settings.max_sessions} sessions are open; "
                                     "retry later", CLOSE_TRY_LATER)
         return
@@ -262,7 +270,7 @@ async def asr_stream(websocket: WebSocket) -> None:
 
 
 async def _send_error_and_close(websocket: WebSocket, detail: str, code: int) -> None:
-    """Send an error message and close; a client that is already gone is ignored."""
+    """Send an error message and close the socket, ignoring a client that is already gone."""
     with contextlib.suppress(Exception):
         await websocket.send_json({"type": "error", "detail": detail})
     with contextlib.suppress(Exception):
@@ -270,7 +278,7 @@ async def _send_error_and_close(websocket: WebSocket, detail: str, code: int) ->
 
 
 class ProtocolError(Exception):
-    """A client message that breaks the protocol; `code` is the close code to answer with."""
+    """A client message that breaks the protocol; `code` is the close code to send."""
 
     def __init__(self, detail: str, code: int) -> None:
         super().__init__(detail)
@@ -323,7 +331,7 @@ _CLOSE = "close"  # outbound: the key of the message that closes the socket
 
 
 class OutboundBuffer:
-    """Bounded FIFO of messages for one client; when full, the oldest partial makes room.
+    """Bounded FIFO of messages for one client. When it is full, the oldest partial is dropped.
 
     `push` returns False when the buffer is full of messages that must not be dropped.
     Used from the event loop only.
@@ -422,6 +430,7 @@ class _Session:
         self.request: StartRequest | None = None
         self.audio_seconds = 0.0  # updated by the recognizer thread, read for the log lines
         self.utterances = 0
+        self._sender: asyncio.Task | None = None
 
     # ----------------------------------------------------------------- event loop side
 
@@ -432,29 +441,36 @@ class _Session:
                                                  confine_to_root=True)
             future = self.service.models.get(model_path)
         except ProtocolError as err:
+            log.info("ASR stream %d: rejected before start, closing with %d: %s", self.id, err.code, err.detail)
             await _send_error_and_close(self.websocket, err.detail, err.code)
             return
         except (ValueError, OSError) as err:  # model not found, outside the root, unreadable
+            log.info("ASR stream %d: model %r rejected: %s", self.id, self.request.model if self.request else None, err)
             await _send_error_and_close(self.websocket, str(err), CLOSE_POLICY)
             return
         except WebSocketDisconnect:
             return
         if not future.done():
-            await self.websocket.send_json({"type": "status", "detail": "loading model"})
+            try:
+                await self.websocket.send_json({"type": "status", "detail": "loading model"})
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
         log.debug("ASR stream %d: started with %s (%s)", self.id, model_path, self.request.encoding)
 
         worker = threading.Thread(target=self._work, args=(future,), name=f"asr-stream-{self.id}", daemon=True)
         worker.start()
-        sender = asyncio.create_task(self._send_loop())
+        self._sender = sender = asyncio.create_task(self._send_loop())
         receiver = asyncio.create_task(self._receive_loop())
         try:
+            # The sender ends after the close message: at the end of the stream, or after a
+            # protocol error that the receiver or the recognizer thread queued. The receiver
+            # ends on a disconnect, after which nothing can be sent, or on a protocol error.
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver in done and receiver.result() == "disconnected":
-                sender.cancel()
-            else:
-                # The receiver ends on a protocol error or after the end message; the sender
-                # then still sends the error or the last finals and closes.
-                await sender
+            if receiver in done and not receiver.cancelled() and receiver.exception() is None:
+                if receiver.result() == "error":
+                    await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
+            elif receiver in done and not receiver.cancelled():
+                log.error("ASR stream %d: receiving failed: %r", self.id, receiver.exception())
         finally:
             self.aborted.set()
             for task in (sender, receiver):
@@ -480,13 +496,17 @@ class _Session:
         try:
             message = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ProtocolError(f"text frame is not JSON ({err.msg} at position {err.pos})", CLOSE_INVALID_DATA) from None
+            raise ProtocolError(f"text frame is not JSON ({err.msg} at position {err.pos})",
+                                CLOSE_INVALID_DATA) from None
         if not isinstance(message, dict):
             raise ProtocolError(f"expected a JSON object, got {type(message).__name__}", CLOSE_INVALID_DATA)
         return message
 
     async def _receive_loop(self) -> str:
-        """Read frames until the end message ("ended"), a disconnect ("disconnected") or an error ("error")."""
+        """Queue frames for the recognizer thread; return "disconnected" or, after a protocol error, "error".
+
+        After the end message the loop only watches for a disconnect.
+        """
         ended = False
         while True:
             try:
@@ -497,7 +517,7 @@ class _Session:
                                   CLOSE_POLICY)
             if message["type"] == "websocket.disconnect":
                 if not ended:
-                    log.info("ASR stream %d: client disconnected after %.1f s of audio; session freed",
+                    log.info("ASR stream %d: client disconnected after %.1f s of audio; freeing the session",
                              self.id, self.audio_seconds)
                 return "disconnected"
             try:
@@ -544,8 +564,9 @@ class _Session:
         return "error"
 
     def post(self, message: dict[str, Any]) -> None:
-        """Queue a message from the recognizer thread."""
-        self.loop.call_soon_threadsafe(self._post, message)
+        """Queue a message from the recognizer thread; dropped when the event loop has stopped."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server shut down
+            self.loop.call_soon_threadsafe(self._post, message)
 
     def _post(self, message: dict[str, Any]) -> None:
         if _CLOSE in message or message.get("type") == "error":
@@ -554,16 +575,22 @@ class _Session:
             self._close_slow_client()
 
     def _close_slow_client(self) -> None:
+        # NOTE: tests cover the drop policy on OutboundBuffer alone. No test makes a real client
+        # stop reading long enough to fill the socket buffers and reach this path.
         if self.aborted.is_set():
             return
         detail = (f"the client is not reading results: {len(self.outbound)} messages are waiting "
                   f"(outbound_queue_messages = {self.settings.outbound_queue_messages})")
         log.warning("ASR stream %d: %s; closing", self.id, detail)
         self.aborted.set()
-        # The sender is stuck in a send to this client, so the close gets its own task, bounded
-        # in time, and the queued messages are dropped.
-        self.outbound = OutboundBuffer(1)
-        self.loop.create_task(asyncio.wait_for(_send_error_and_close(self.websocket, detail, CLOSE_POLICY), 5.0))
+        self.loop.create_task(self._abort_slow_client(detail))
+
+    async def _abort_slow_client(self, detail: str) -> None:
+        # The sender is stuck in a send to this client. Cancelling it ends the session, and
+        # uvicorn then closes the connection. The error and close frame go first if they can.
+        self._sender.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_send_error_and_close(self.websocket, detail, CLOSE_POLICY), CLOSE_TIMEOUT_S)
 
     async def _send_loop(self) -> None:
         """Send queued messages until a close message; then close the socket."""
