@@ -98,7 +98,8 @@ class TrainingConfig:
     checkpoint_every: int = 1000  # steps between checkpoints; a final one is always written
     keep_last: int = 5  # checkpoints kept besides the best; 0 keeps all
     accumulate_grad_batches: int = 1  # batches whose gradients are summed before each optimizer step
-    compile: bool = False  # torch.compile the encoder (CUDA recommended)
+    # NOTE: torch.compile recompiles for new batch shapes and falls back to eager after 8 graphs.
+    compile: bool = False  # torch.compile the whole model (CUDA recommended)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Training throughput of the asrlib Trainer, a hand-written PyTorch loop and the model alone.
 
-For each preset, three loops train the same model configuration on the same clips:
+For each preset, three loops train the same model configuration on the same clips, with the same
+precision, torch.compile setting and gradient accumulation:
 
 - trainer: asrlib's Trainer in a temporary run folder. Its figures come from the per-step
   records of metrics.jsonl (log_every=1), after the warm-up steps.
@@ -10,17 +11,24 @@ For each preset, three loops train the same model configuration on the same clip
 - model only: the same forward, backward and optimizer step on the trainer's own batches,
   pre-built in memory (on the device for CUDA). This is the limit without data loading.
 
+On CUDA, nvidia-smi samples GPU utilisation and memory during each loop's measured steps, and
+torch reports each loop's peak allocated memory. After the tables the script checks two targets on
+the `small` preset: data wait plus padding at most 5 % of the trainer's step time, and trainer
+throughput at least 0.95 of the model-only loop's.
+
 Run from the repository root:
 
-    .venv/bin/python bench/train_throughput.py --presets tiny small --json train.json
+    .venv/bin/python bench/train_throughput.py --presets tiny small medium --json train.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +48,9 @@ from common import (
     resolve_device,
     set_threads,
 )
+from gpu_monitor import GpuMonitor, GpuUsage
 from torch.nn.utils.rnn import pad_sequence
+from train_report import TARGET_PRESET, print_report, target_checks
 
 from asrlib.audio import load_audio
 from asrlib.config import RunConfig, load_settings, resolve_run_config
@@ -54,6 +64,15 @@ from asrlib.training.trainer import Trainer
 # config.yaml's batch budget (240 s) is sized for a GPU. On CPU a smaller budget keeps the
 # default run to a few minutes; --max-batch-seconds overrides it.
 CPU_MAX_BATCH_SECONDS = 60.0
+WARMUP_STEPS = 2
+# torch.compile compiles on the first step and, with asrlib's Conformer, again for most new batch
+# shapes, up to torch._dynamo.config.recompile_limit (8 in torch 2.11). More warm-up steps keep
+# some of that out of the figures; the notes count the graphs built while measuring.
+COMPILE_WARMUP_STEPS = 5
+# A measured step this many times slower than the median is reported (a recompilation, say).
+SLOW_STEP_FACTOR = 2.0
+
+MIB = 2**20
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -61,13 +80,13 @@ CPU_MAX_BATCH_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class StepSample:
-    """One measured optimizer step."""
+    """One measured optimizer step, over all its accumulated micro-batches."""
 
-    audio_seconds: float  # unpadded audio in the batch
-    step_seconds: float  # from asking for the batch to the end of the optimizer step
-    wait_seconds: float  # part of step_seconds spent waiting for the batch
-    frames: int  # real feature frames in the batch
-    padded_frames: int  # batch size x longest clip, in feature frames
+    audio_seconds: float  # unpadded audio in the step's batches
+    step_seconds: float  # from asking for the first batch to the end of the optimizer step
+    wait_seconds: float  # part of step_seconds spent waiting for batches
+    frames: int  # real feature frames in the step's batches
+    padded_frames: int  # per batch, batch size x longest clip in feature frames; summed
     clips: int
 
 
@@ -77,9 +96,14 @@ class LoopResult:
 
     preset: str
     loop: str
+    device_type: str
     samples: list[StepSample]
     wall_seconds: float  # wall clock over the measured steps, including time outside the step window
+    window: tuple[float, float]  # time.time() at the start and end of the measured steps
     notes: list[str] = field(default_factory=list)
+    compiled_graphs: int = 0  # graphs torch.compile built during the measured steps
+    cuda_max_allocated_bytes: int | None = None  # over the whole loop, warm-up included
+    gpu: GpuUsage | None = None  # filled in after the run, once nvidia-smi has stopped
 
     @property
     def audio_seconds(self) -> float:
@@ -94,17 +118,28 @@ class LoopResult:
         steps = len(self.samples)
         frames = sum(s.frames for s in self.samples)
         padded = sum(s.padded_frames for s in self.samples)
+        wall_throughput = self.audio_seconds / self.wall_seconds
+        on_gpu = self.device_type == "cuda"
         return {
             "preset": self.preset,
             "loop": self.loop,
+            "device": self.device_type,
             "steps": steps,
-            "clips_per_batch": sum(s.clips for s in self.samples) / steps,
-            "batch_audio_seconds": self.audio_seconds / steps,
+            "clips_per_step": sum(s.clips for s in self.samples) / steps,
+            "step_audio_seconds": self.audio_seconds / steps,
             "seconds_per_step": self.step_seconds / steps,
             "audio_seconds_per_second": self.audio_seconds / self.step_seconds,
-            "wall_audio_seconds_per_second": self.audio_seconds / self.wall_seconds,
+            "wall_audio_seconds_per_second": wall_throughput,
+            # One second of wall time on one GPU per second of audio is one hour per GPU-hour.
+            "audio_hours_per_gpu_hour": wall_throughput if on_gpu else None,
             "data_wait_share": sum(s.wait_seconds for s in self.samples) / self.step_seconds,
             "padding_share": 1 - frames / padded,
+            "gpu_utilization_percent": self.gpu.mean_utilization_percent if self.gpu else None,
+            "gpu_memory_used_peak_mib": self.gpu.peak_memory_used_mib if self.gpu else None,
+            "gpu_samples": self.gpu.samples if self.gpu else None,
+            "cuda_max_allocated_mib": (None if self.cuda_max_allocated_bytes is None
+                                       else self.cuda_max_allocated_bytes / MIB),
+            "compiled_graphs_while_measured": self.compiled_graphs,
             "notes": self.notes,
         }
 
@@ -122,15 +157,20 @@ class PaddedBatch(NamedTuple):
             *(t.to(device, non_blocking=non_blocking) for t in self[:4]), self.audio_seconds
         )
 
-    def sample(self, step_seconds: float, wait_seconds: float) -> StepSample:
-        return StepSample(
-            audio_seconds=self.audio_seconds,
-            step_seconds=step_seconds,
-            wait_seconds=wait_seconds,
-            frames=int(self.feature_lengths.sum()),
-            padded_frames=self.features.shape[0] * self.features.shape[1],
-            clips=self.features.shape[0],
-        )
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self[:4])
+
+
+def step_sample(batches: list[PaddedBatch], step_seconds: float, wait_seconds: float) -> StepSample:
+    """Describe one optimizer step over its micro-batches."""
+    return StepSample(
+        audio_seconds=sum(b.audio_seconds for b in batches),
+        step_seconds=step_seconds,
+        wait_seconds=wait_seconds,
+        frames=sum(int(b.feature_lengths.sum()) for b in batches),
+        padded_frames=sum(b.features.shape[0] * b.features.shape[1] for b in batches),
+        clips=sum(b.features.shape[0] for b in batches),
+    )
 
 
 def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor, float]]) -> PaddedBatch:
@@ -151,6 +191,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compiled_graphs() -> int:
+    """Count the graphs torch.compile has built in this process (a private torch counter)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def start_loop(args: argparse.Namespace, device: torch.device) -> None:
+    """Give each loop the same start: no compiled code from an earlier loop, fresh memory peaks."""
+    gc.collect()
+    if args.compile:
+        # Without the reset, a later loop would reuse the graphs compiled for an earlier one.
+        torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def finish_loop(result: LoopResult, device: torch.device) -> LoopResult:
+    if device.type == "cuda":
+        result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated(device)
+    durations = [s.step_seconds for s in result.samples]
+    median = statistics.median(durations)
+    slowest = max(range(len(durations)), key=durations.__getitem__)
+    if durations[slowest] > SLOW_STEP_FACTOR * median:
+        result.notes.append(f"measured step {slowest + 1} took {durations[slowest]:.2f} s, "
+                            f"{durations[slowest] / median:.1f} times the median step")
+    if result.compiled_graphs:
+        result.notes.append(f"torch.compile built {result.compiled_graphs} graphs during the measured "
+                            "steps, so compilation time is part of these figures")
+    return result
+
+
 # ----------------------------------------------------------------------------- shared set-up
 
 
@@ -162,7 +235,14 @@ class BenchData:
     config: RunConfig
     utterances: list[Utterance]  # the trainer's training split, in the trainer's index order
     features: list[torch.Tensor]  # log-mel features per utterance, as FeatureDataset computes them
-    trainer_batches: list[list[int]]  # utterance indices of each trainer step, in step order
+    trainer_steps: list[list[list[int]]]  # per trainer step, the utterance indices of each micro-batch
+    step_epochs: list[int]  # the epoch of each trainer step
+    batches_per_epoch: int  # sampler batches in the first epoch
+
+    @property
+    def micro_batches(self) -> list[list[int]]:
+        """The trainer's batches in the order its steps consume them."""
+        return [batch for step in self.trainer_steps for batch in step]
 
     def batch(self, indices: list[int]) -> PaddedBatch:
         return pad_batch([self.item(i) for i in indices])
@@ -181,6 +261,8 @@ def bench_config(preset: str, args: argparse.Namespace, device: torch.device) ->
         "max_steps": args.warmup_steps + args.steps,
         "precision": args.precision,
         "device": str(device),
+        "compile": args.compile,
+        "accumulate_grad_batches": args.accumulate,
         # One record per step, so warm-up steps can be dropped one by one.
         "log_every": 1,
         # No validation and no intermediate checkpoints: both would run between measured steps.
@@ -190,20 +272,27 @@ def bench_config(preset: str, args: argparse.Namespace, device: torch.device) ->
     }
     if max_batch_seconds is not None:
         training["max_batch_seconds"] = max_batch_seconds
-    overrides = {
-        "data": {"max_clips": args.clips, "train_on": "all", "valid_fraction": 0.0,
-                 "test_fraction": 0.0, "num_workers": args.num_workers},
-        "training": training,
+    data: dict[str, Any] = {
+        "max_clips": args.clips, "train_on": "all", "valid_fraction": 0.0, "test_fraction": 0.0,
+        "num_workers": args.num_workers, "cache_features": args.cache_features,
+        "feature_cache_dir": str(args.feature_cache_dir) if args.feature_cache_dir else None,
+        # Speed perturbation changes each clip's length per epoch, and the script rebuilds the
+        # trainer's batches at speed 1.
+        "speed_perturb": False,
     }
+    overrides = {"data": data, "training": training}
     return resolve_run_config(load_settings(REPO_ROOT / "config.yaml"), preset=preset,
                               overrides=overrides)
 
 
-def trainer_batch_order(utterances: list[Utterance], config: RunConfig, steps: int) -> list[list[int]]:
-    """Rebuild the trainer's batches, step by step, from its seeded DurationBucketSampler.
+def trainer_batch_order(utterances: list[Utterance], config: RunConfig,
+                        steps: int) -> tuple[list[list[list[int]]], list[int], int]:
+    """Rebuild the trainer's steps from its seeded DurationBucketSampler.
 
     The sampler's order depends only on its seed and the epoch, which is what lets the trainer
-    resume mid-epoch, so the same sampler built here yields the same batches.
+    resume mid-epoch, so the same sampler built here yields the same batches. Each step takes
+    `accumulate_grad_batches` batches; the trainer drops an epoch's tail that is too short for a
+    whole step. Returns the steps, the epoch of each step and the batches of the first epoch.
     """
     sampler = DurationBucketSampler(
         [u.duration for u in utterances],
@@ -211,13 +300,25 @@ def trainer_batch_order(utterances: list[Utterance], config: RunConfig, steps: i
         num_buckets=config.training.num_buckets,
         seed=config.training.seed,
     )
-    batches: list[list[int]] = []
+    accumulate = config.training.accumulate_grad_batches
+    trainer_steps: list[list[list[int]]] = []
+    epochs: list[int] = []
+    first_epoch_batches = len(sampler)
+    if first_epoch_batches < accumulate:
+        raise ValueError(
+            f"an epoch has {first_epoch_batches} batches, fewer than --accumulate {accumulate}, so the "
+            "trainer would never take a step; lower --accumulate or --max-batch-seconds"
+        )
     epoch = 0
-    while len(batches) < steps:
+    while len(trainer_steps) < steps:
         sampler.start_epoch(epoch)
-        batches.extend(sampler)
+        batches = list(sampler)
+        whole = len(batches) - len(batches) % accumulate
+        for start in range(0, whole, accumulate):
+            trainer_steps.append(batches[start : start + accumulate])
+            epochs.append(epoch)
         epoch += 1
-    return batches[:steps]
+    return trainer_steps[:steps], epochs[:steps], first_epoch_batches
 
 
 def load_bench_data(preset: str, args: argparse.Namespace, device: torch.device) -> BenchData:
@@ -228,8 +329,8 @@ def load_bench_data(preset: str, args: argparse.Namespace, device: torch.device)
     utterances = prepared.splits["train"]
     dataset = FeatureDataset(utterances, config.features)
     features = [dataset.features(i) for i in range(len(dataset))]
-    batches = trainer_batch_order(utterances, config, config.training.max_steps)
-    return BenchData(preset, config, utterances, features, batches)
+    steps, epochs, per_epoch = trainer_batch_order(utterances, config, config.training.max_steps)
+    return BenchData(preset, config, utterances, features, steps, epochs, per_epoch)
 
 
 def cmvn_stats(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -243,12 +344,13 @@ def cmvn_stats(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 def run_trainer(data: BenchData, args: argparse.Namespace, device: torch.device) -> LoopResult:
     """Run the asrlib Trainer and turn its per-step metric records into StepSamples."""
-    stamps: dict[int, float] = {}
+    # perf_counter, time.time and the compiled-graph count at each step record; "started" marks
+    # step 0, just before the loop.
+    stamps: dict[int, tuple[float, float, int]] = {}
 
     def on_event(record: dict[str, Any]) -> None:
-        # The wall clock at each step record; "started" marks step 0, just before the loop.
         if record["event"] in ("started", "step"):
-            stamps[record["step"]] = time.perf_counter()
+            stamps[record["step"]] = (time.perf_counter(), time.time(), compiled_graphs())
 
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
         # The trainer was configured for `device` by bench_config().
@@ -257,32 +359,53 @@ def run_trainer(data: BenchData, args: argparse.Namespace, device: torch.device)
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     steps = [r for r in records if r["event"] == "step" and r["step"] > args.warmup_steps]
+    if len(steps) != args.steps:
+        raise RuntimeError(f"the trainer logged {len(steps)} measured steps, expected {args.steps}")
     samples = [trainer_sample(data, record) for record in steps]
     last = data.config.training.max_steps
-    wall = stamps[last] - stamps[args.warmup_steps]
-    result = LoopResult(data.preset, "trainer", samples, wall)
-    outside = wall - result.step_seconds
+    (start, start_time, start_graphs), (end, end_time, end_graphs) = stamps[args.warmup_steps], stamps[last]
+    result = LoopResult(data.preset, "trainer", device.type, samples, end - start, (start_time, end_time),
+                        compiled_graphs=end_graphs - start_graphs)
+    outside = result.wall_seconds - result.step_seconds
     result.notes.append(f"{outside:.2f} s of wall time fell outside the trainer's step timer")
+    nonfinite = sum(r.get("nonfinite_steps", 0) for r in steps)
+    if nonfinite:
+        result.notes.append(f"{nonfinite} measured steps had a non-finite gradient, which the trainer zeroed")
+    if args.cache_features or args.feature_cache_dir:
+        result.notes.append(cache_note(data, args))
     return result
 
 
-def trainer_sample(data: BenchData, record: dict[str, Any]) -> StepSample:
-    """Recover one step's absolute figures from the trainer's ratios and the rebuilt batch.
+def cache_note(data: BenchData, args: argparse.Namespace) -> str:
+    """Say how many measured steps could read cached features: only those after the first epoch."""
+    measured_epochs = data.step_epochs[args.warmup_steps :]
+    later = sum(1 for epoch in measured_epochs if epoch > 0)
+    text = (f"{later} of {len(measured_epochs)} measured steps are past the first epoch "
+            f"({data.batches_per_epoch} batches), where cached features can be read")
+    if args.num_workers > 1 and not args.feature_cache_dir:
+        # Each worker process keeps its own in-memory cache, and batches go to the workers in
+        # turn, so in the second epoch a clip reaches the worker that computed it 1 time in N.
+        text += (f"; each of the {args.num_workers} workers caches only the clips it computed, "
+                 "and no --feature-cache-dir shares them")
+    return text
 
-    A step record contains ratios only. The rebuilt batch gives the audio seconds, and the step time
-    follows as audio / audio_seconds_per_second. The padding share must match the record exactly,
-    which checks that the rebuilt batch is the one the trainer ran.
+
+def trainer_sample(data: BenchData, record: dict[str, Any]) -> StepSample:
+    """Recover one step's absolute figures from the trainer's ratios and the rebuilt batches.
+
+    A step record contains ratios only. The rebuilt batches give the audio seconds, and the step
+    time follows as audio / audio_seconds_per_second. The padding share must match the record
+    exactly, which checks that the rebuilt batches are the ones the trainer ran.
     """
-    batch = data.batch(data.trainer_batches[record["step"] - 1])
-    step_seconds = batch.audio_seconds / record["audio_seconds_per_second"]
-    sample = batch.sample(step_seconds, record["data_wait_share"] * step_seconds)
+    batches = [data.batch(indices) for indices in data.trainer_steps[record["step"] - 1]]
+    step_seconds = sum(b.audio_seconds for b in batches) / record["audio_seconds_per_second"]
+    sample = step_sample(batches, step_seconds, record["data_wait_share"] * step_seconds)
     expected_padding = 1 - sample.frames / max(sample.padded_frames, 1)
     if abs(expected_padding - record["padding_share"]) > 1e-9:
         raise RuntimeError(
             f"step {record['step']}: the trainer logged padding share {record['padding_share']:.6f} "
-            f"but the rebuilt batch has {expected_padding:.6f}; the trainer did not run the batches "
-            "of its sampler in order (a skipped non-finite batch shifts them), so its step times "
-            "cannot be recovered"
+            f"but the rebuilt batches have {expected_padding:.6f}; the trainer's sampler or step "
+            "logic no longer matches trainer_batch_order(), so its step times cannot be recovered"
         )
     return sample
 
@@ -307,62 +430,92 @@ class ClipDataset(torch.utils.data.Dataset):
         return features, torch.tensor(utterance.labels), utterance.duration
 
 
-StepFunction = Callable[[PaddedBatch], torch.Tensor]
+class TrainStep:
+    """A fresh model and AdamW optimizer that train as the trainer trains.
 
-
-def make_step_function(data: BenchData, device: torch.device) -> StepFunction:
-    """Build a fresh model and AdamW optimizer; return one training step on a batch.
-
-    The step does what the trainer's step does (same optimizer settings, gradient clipping,
-    CTC loss summed and divided by the batch size, autocast on CUDA only) without the
-    learning-rate schedule, whose cost is negligible.
+    Same optimizer settings, gradient clipping, CTC loss summed and divided by the batch size,
+    gradient accumulation, autocast and fp16 loss scaling on CUDA only, and torch.compile of the
+    whole model when the run compiles. Left out: the learning-rate schedule, whose cost is
+    negligible, and the trainer's zeroing of non-finite gradients, one fused multiply per step.
     """
-    config = data.config
-    tokenizer = CharTokenizer(config.text.charset)
-    torch.manual_seed(config.training.seed)
-    model = build_model(config, tokenizer.vocab_size)
-    model.cmvn.set_stats(*cmvn_stats(data.features))
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.lr, betas=(0.9, 0.98),
-                                  eps=1e-9, weight_decay=config.training.weight_decay)
-    autocast = contextlib.nullcontext()
-    if device.type == "cuda" and config.training.precision == "bf16":
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
 
-    def step(batch: PaddedBatch) -> torch.Tensor:
-        with autocast:
-            log_probs, out_lengths = model(batch.features, batch.feature_lengths)
+    def __init__(self, data: BenchData, device: torch.device, *, compile_model: bool) -> None:
+        config = data.config
+        self.tokenizer = CharTokenizer(config.text.charset)
+        torch.manual_seed(config.training.seed)
+        model = build_model(config, self.tokenizer.vocab_size)
+        model.cmvn.set_stats(*cmvn_stats(data.features))
+        model.to(device).train()
+        self.parameters = list(model.parameters())
+        self.model: Callable[..., tuple[torch.Tensor, torch.Tensor]] = (
+            torch.compile(model) if compile_model else model)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.training.lr, betas=(0.9, 0.98),
+                                           eps=1e-9, weight_decay=config.training.weight_decay)
+        precision = config.training.precision if device.type == "cuda" else "fp32"
+        self.autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if precision != "fp32":
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            self.autocast = torch.autocast("cuda", dtype=dtype)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self.accumulate = config.training.accumulate_grad_batches
+        self.grad_clip = config.training.grad_clip
+
+    def backward(self, batch: PaddedBatch) -> torch.Tensor:
+        """Add one micro-batch's gradients; return its loss without waiting for the device."""
+        with self.autocast:
+            log_probs, out_lengths = self.model(batch.features, batch.feature_lengths)
         loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.labels, out_lengths,
-                          batch.label_lengths, blank=tokenizer.blank_id, reduction="sum")
+                          batch.label_lengths, blank=self.tokenizer.blank_id, reduction="sum")
         loss = loss / batch.features.shape[0]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
-        optimizer.step()
+        self.scaler.scale(loss / self.accumulate).backward()
         return loss.detach()
 
-    return step
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
-def timed_loop(fetch: Callable[[], PaddedBatch], step: StepFunction, *, total_steps: int,
-               warmup_steps: int, device: torch.device) -> tuple[list[StepSample], float]:
-    """Run `total_steps` steps; return the samples and wall time of the steps after warm-up."""
+class MeasuredSteps(NamedTuple):
+    samples: list[StepSample]
+    wall_seconds: float
+    window: tuple[float, float]  # time.time() at the start and end of the measured steps
+    compiled_graphs: int
+
+
+def timed_loop(fetch: Callable[[], PaddedBatch], train: TrainStep, *, total_steps: int,
+               warmup_steps: int, device: torch.device) -> MeasuredSteps:
+    """Run `total_steps` optimizer steps and measure those after warm-up.
+
+    As in the trainer, the data wait is the time spent in fetch(); the copy to the device is not.
+    """
     samples: list[StepSample] = []
-    wall_started = time.perf_counter()
+    wall_started, window_start, graphs = time.perf_counter(), time.time(), compiled_graphs()
     for index in range(total_steps):
         if index == warmup_steps:
-            wall_started = time.perf_counter()
+            wall_started, window_start, graphs = time.perf_counter(), time.time(), compiled_graphs()
         started = time.perf_counter()
-        batch = fetch().to(device)
-        fetched = time.perf_counter()
+        wait = 0.0
+        batches: list[PaddedBatch] = []
+        losses: list[torch.Tensor] = []
+        for _ in range(train.accumulate):
+            fetch_started = time.perf_counter()
+            batch = fetch()
+            wait += time.perf_counter() - fetch_started
+            batches.append(batch)
+            losses.append(train.backward(batch.to(device)))
+        train.optimizer_step()
         # Reading the loss, as a hand-written loop does to print it, waits for the device, and
         # synchronize() makes sure the optimizer step is inside the timed window too.
-        float(step(batch))
+        float(sum(losses))
         synchronize(device)
         done = time.perf_counter()
         if index >= warmup_steps:
-            samples.append(batch.sample(done - started, fetched - started))
-    return samples, time.perf_counter() - wall_started
+            samples.append(step_sample(batches, done - started, wait))
+    return MeasuredSteps(samples, time.perf_counter() - wall_started, (window_start, time.time()),
+                         compiled_graphs() - graphs)
 
 
 def endless(loader: torch.utils.data.DataLoader) -> Iterator[PaddedBatch]:
@@ -373,63 +526,67 @@ def endless(loader: torch.utils.data.DataLoader) -> Iterator[PaddedBatch]:
 
 def plain_batch_size(data: BenchData) -> int:
     """Clips per batch that give a random batch the trainer's mean batch audio."""
-    batch_audio = sum(sum(data.utterances[i].duration for i in b) for b in data.trainer_batches)
-    batch_audio /= len(data.trainer_batches)
+    batches = data.micro_batches
+    batch_audio = sum(sum(data.utterances[i].duration for i in b) for b in batches) / len(batches)
     mean_clip = sum(u.duration for u in data.utterances) / len(data.utterances)
     return max(1, round(batch_audio / mean_clip))
 
 
 def run_plain(data: BenchData, args: argparse.Namespace, device: torch.device) -> LoopResult:
     batch_size = plain_batch_size(data)
+    workers = args.num_workers
     loader = torch.utils.data.DataLoader(
         ClipDataset(data.utterances, data.config),
         batch_size=batch_size,
         shuffle=True,
         collate_fn=pad_batch,
-        num_workers=args.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(data.config.training.seed),
+        # Like the trainer's loader, so neither loop restarts its workers at each epoch.
+        persistent_workers=workers > 0,
+        prefetch_factor=data.config.data.prefetch_factor if workers > 0 else None,
     )
     batches = endless(loader)
-    samples, wall = timed_loop(lambda: next(batches), make_step_function(data, device),
-                               total_steps=data.config.training.max_steps,
-                               warmup_steps=args.warmup_steps, device=device)
-    return LoopResult(data.preset, "plain", samples, wall, [f"batch size {batch_size} clips"])
+    train = TrainStep(data, device, compile_model=args.compile)
+    measured = timed_loop(lambda: next(batches), train, total_steps=data.config.training.max_steps,
+                          warmup_steps=args.warmup_steps, device=device)
+    return LoopResult(data.preset, "plain", device.type, measured.samples, measured.wall_seconds,
+                      measured.window, [f"batch size {batch_size} clips"],
+                      compiled_graphs=measured.compiled_graphs)
 
 
 def run_model_only(data: BenchData, args: argparse.Namespace, device: torch.device) -> LoopResult:
-    prebuilt = [data.batch(indices).to(device) for indices in data.trainer_batches]
+    prebuilt = [data.batch(indices).to(device) for indices in data.micro_batches]
     synchronize(device)
     batches = iter(prebuilt)
-    samples, wall = timed_loop(lambda: next(batches), make_step_function(data, device),
-                               total_steps=len(prebuilt), warmup_steps=args.warmup_steps,
-                               device=device)
-    return LoopResult(data.preset, "model only", samples, wall,
-                      ["the trainer's batches, held in memory"])
+    train = TrainStep(data, device, compile_model=args.compile)
+    measured = timed_loop(lambda: next(batches), train, total_steps=data.config.training.max_steps,
+                          warmup_steps=args.warmup_steps, device=device)
+    notes = ["the trainer's batches, held in memory"]
+    if device.type == "cuda":
+        size = sum(b.nbytes() for b in prebuilt) / MIB
+        notes.append(f"its CUDA max allocated includes {size:.0f} MiB of pre-built batches")
+    return LoopResult(data.preset, "model only", device.type, measured.samples, measured.wall_seconds,
+                      measured.window, notes, compiled_graphs=measured.compiled_graphs)
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def format_table(summaries: list[dict[str, Any]]) -> str:
-    """Format the summaries as a Markdown table, one row per preset and loop.
-
-    The `x plain` column divides each wall throughput by the plain loop's on the same preset.
-    """
-    header = ("| preset | loop | steps | clips/batch | batch audio (s) | s/step | audio-s/s "
-              "| wall audio-s/s | x plain | data wait | padding |")
-    rows = [header, "|" + "---|" * header.count(" | ") + "---|"]
-    plain = {s["preset"]: s["wall_audio_seconds_per_second"] for s in summaries if s["loop"] == "plain"}
-    for s in summaries:
-        ratio = s["wall_audio_seconds_per_second"] / plain[s["preset"]] if s["preset"] in plain else None
-        rows.append(
-            f"| {s['preset']} | {s['loop']} | {s['steps']} | {s['clips_per_batch']:.1f} "
-            f"| {s['batch_audio_seconds']:.1f} | {s['seconds_per_step']:.2f} "
-            f"| {s['audio_seconds_per_second']:.1f} | {s['wall_audio_seconds_per_second']:.1f} "
-            f"| {'-' if ratio is None else f'{ratio:.2f}'} | {s['data_wait_share']:.1%} "
-            f"| {s['padding_share']:.1%} |"
-        )
-    return "\n".join(rows)
+def describe_settings(args: argparse.Namespace, device: torch.device) -> str:
+    precision = args.precision
+    if precision != "fp32" and device.type != "cuda":
+        precision += " requested; as in the trainer it applies on CUDA only, so this run is fp32"
+    caches = []
+    if args.cache_features:
+        caches.append("in memory")
+    if args.feature_cache_dir:
+        caches.append(f"on disk in {args.feature_cache_dir}")
+    cache = " and ".join(caches) or "off"
+    return (f"settings: precision {precision}; torch.compile {'on' if args.compile else 'off'}; "
+            f"batches per optimizer step {args.accumulate}; DataLoader workers {args.num_workers}; "
+            f"feature cache {cache}; steps per loop {args.warmup_steps} warm-up + {args.steps} measured")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -437,24 +594,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Measure training throughput (audio seconds per second) of the asrlib Trainer, "
                     "a hand-written PyTorch loop and the model alone, on the same clips.")
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"],
-                        help="Conformer presets from config.yaml (default: tiny small)")
+                        help="Conformer presets from config.yaml, e.g. tiny small medium (default: tiny small)")
     parser.add_argument("--steps", type=int, default=10,
                         help="measured optimizer steps per loop, after warm-up (default: 10)")
-    parser.add_argument("--warmup-steps", type=int, default=2,
-                        help="steps run first and left out of the figures (default: 2)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help=f"steps run first and left out of the figures (default: {WARMUP_STEPS}, "
+                             f"{COMPILE_WARMUP_STEPS} with --compile)")
     parser.add_argument("--clips", type=int, default=None,
                         help="use only the first N clips by id (default: all)")
     parser.add_argument("--max-batch-seconds", type=float, default=None,
                         help="trainer batch budget in audio seconds, padding included (default: "
                              f"{CPU_MAX_BATCH_SECONDS:g} on CPU, training.max_batch_seconds of "
                              "config.yaml on CUDA)")
+    parser.add_argument("--accumulate", type=int, default=1, metavar="N",
+                        help="batches whose gradients are summed before each optimizer step, in every "
+                             "loop; sets training.accumulate_grad_batches (default: 1)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader worker processes of the trainer and the plain loop "
                              "(default: 0, as data.num_workers in config.yaml)")
+    parser.add_argument("--cache-features", action="store_true",
+                        help="keep the trainer's computed features in memory (data.cache_features); "
+                             "only steps after the first epoch can read them")
+    parser.add_argument("--feature-cache-dir", type=Path, default=None,
+                        help="also keep the trainer's features on disk in this folder, shared by its "
+                             "workers and kept between runs (data.feature_cache_dir)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to train (default: cuda when visible, else cpu)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16 autocast; like the trainer, applied on CUDA only (default: fp32)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast dtype, with loss scaling for fp16; like the trainer, applied on "
+                             "CUDA only (default: fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model in every loop (sets training.compile)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: the usable CPU cores)")
     parser.add_argument("--data", type=Path, default=LJSPEECH_MINI,
@@ -462,15 +632,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
+    if args.warmup_steps is None:
+        args.warmup_steps = COMPILE_WARMUP_STEPS if args.compile else WARMUP_STEPS
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.warmup_steps < 0:
         parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
     if args.clips is not None and args.clips < 1:
         parser.error(f"--clips must be at least 1, got {args.clips}")
+    if args.accumulate < 1:
+        parser.error(f"--accumulate must be at least 1, got {args.accumulate}")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
     if not args.data.is_dir():
         parser.error(f"data folder not found: {args.data}; pass --data with an LJSpeech-format folder")
     return args
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> list[LoopResult]:
+    """Run the three loops on every preset, one after another."""
+    results: list[LoopResult] = []
+    for preset in args.presets:
+        data = load_bench_data(preset, args, device)
+        print(f"{preset}: {len(data.utterances)} clips, "
+              f"{sum(u.duration for u in data.utterances):.0f} s of audio, max batch "
+              f"{data.config.training.max_batch_seconds:g} s, {data.batches_per_epoch} batches per epoch",
+              flush=True)
+        for run in (run_trainer, run_plain, run_model_only):
+            start_loop(args, device)
+            started = time.perf_counter()
+            result = finish_loop(run(data, args, device), device)
+            results.append(result)
+            # Printed as each loop ends, so a run cut short still shows the loops it finished.
+            summary = result.summary()
+            print(f"  {result.loop}: {time.perf_counter() - started:.0f} s, "
+                  f"{summary['wall_audio_seconds_per_second']:.1f} wall audio-s/s, "
+                  f"data wait {summary['data_wait_share']:.1%}, padding {summary['padding_share']:.1%}",
+                  flush=True)
+        del data
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -486,32 +686,29 @@ def main(argv: list[str] | None = None) -> None:
     warning = busy_warning(machine)
     if warning:
         print(warning, flush=True)
-    if args.precision == "bf16" and device.type != "cuda":
-        print("note: bf16 applies on CUDA only, as in the trainer, so this CPU run is fp32", flush=True)
+    print(describe_settings(args, device), flush=True)
 
-    results: list[LoopResult] = []
-    for preset in args.presets:
-        data = load_bench_data(preset, args, device)
-        print(f"{preset}: {len(data.utterances)} clips, "
-              f"{sum(u.duration for u in data.utterances):.0f} s of audio, max batch "
-              f"{data.config.training.max_batch_seconds:g} s", flush=True)
-        for run in (run_trainer, run_plain, run_model_only):
-            started = time.perf_counter()
-            results.append(run(data, args, device))
-            print(f"  {results[-1].loop}: {time.perf_counter() - started:.0f} s", flush=True)
+    monitor = GpuMonitor(device)
+    monitor.start()
+    try:
+        results = measure(args, device)
+    finally:
+        monitor.stop()
+    for result in results:
+        result.gpu = monitor.usage(*result.window)
+        if result.gpu is not None and result.gpu.note:
+            result.notes.append(f"GPU samples: {result.gpu.note}")
 
-    summaries = [r.summary() for r in results]
-    print()
-    print(format_table(summaries))
-    for s in summaries:
-        for note in s["notes"]:
-            print(f"- {s['preset']} {s['loop']}: {note}")
+    summaries = [result.summary() for result in results]
+    print_report(summaries, device.type, monitor.unavailable)
     machine["load_average_1min_after"] = machine_info(device)["load_average_1min"]
     if args.json:
         payload = {
             "machine": machine,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "summaries": summaries,
+            "targets": {"preset": TARGET_PRESET, "checks": target_checks(summaries)},
+            "gpu_monitor": monitor.unavailable or "nvidia-smi",
             "steps": {f"{r.preset}/{r.loop}": [asdict(s) for s in r.samples] for r in results},
         }
         args.json.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")

@@ -45,9 +45,9 @@ class DurationBucketSampler:
             raise ValueError("cannot batch an empty dataset")
         self.durations = [float(d) for d in durations]
         self.max_batch_seconds = max_batch_seconds
-        # A bucket must hold enough audio for a couple of full batches, or batches come out
-        # short and a DDP step could not be split; small datasets therefore get fewer buckets.
-        fill = int(sum(self.durations) // (2 * max_batch_seconds * world_size))
+        # A bucket must hold enough audio for at least one full batch, or batches come out short
+        # and a DDP step may not be splittable; small datasets therefore get fewer buckets.
+        fill = int(sum(self.durations) // (max_batch_seconds * world_size))
         self.num_buckets = max(1, min(num_buckets, len(self.durations), fill))
         self.seed = seed
         self.shuffle = shuffle

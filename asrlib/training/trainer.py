@@ -250,8 +250,13 @@ class Trainer:
             self._init_cmvn(model, train_set)
         else:
             self._restore(payload, model, optimizer, scaler, sampler)
-        if len(sampler) == 0:
-            raise ValueError("the training split yields no batches; add clips or lower the number of processes")
+        accumulate = cfg.training.accumulate_grad_batches
+        if len(sampler) < accumulate:
+            raise ValueError(
+                f"the training split yields {len(sampler)} batches per epoch, fewer than "
+                f"training.accumulate_grad_batches ({accumulate}); add clips, lower the batch budget or "
+                "the accumulation, or use fewer processes"
+            )
 
         train_model: torch.nn.Module = model
         if self.ctx.enabled:
@@ -335,7 +340,10 @@ class Trainer:
         accumulate = cfg.accumulate_grad_batches
         window = _Window(self.device)
         iterator = iter(loader)
+        epoch_batches = len(sampler)
         while self.step < cfg.max_steps:
+            if epoch_batches - sampler.position < accumulate:
+                return False  # the epoch's tail is too short for a whole step; it is not computed
             optimizer.zero_grad(set_to_none=True)
             lr = lr_at(self.step + 1, peak=cfg.lr, warmup_steps=cfg.warmup_steps)
             for group in optimizer.param_groups:
@@ -345,7 +353,7 @@ class Trainer:
                 try:
                     cpu_batch = next(iterator)
                 except StopIteration:
-                    return False  # an unfinished accumulation is dropped with the epoch's tail
+                    return False
                 window.data_wait += time.perf_counter() - fetch_started
                 window.audio_seconds += cpu_batch.audio_seconds
                 window.frames += int(cpu_batch.feature_lengths.sum())

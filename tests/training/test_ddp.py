@@ -82,6 +82,7 @@ def test_job_manager_launches_ddp(tmp_path):
     manager = JobManager(load_settings(REPO_ROOT / "config.yaml"), checkpoints_root=tmp_path, executor="process")
     try:
         overrides = {"data.max_clips": 8, "data.train_on": "all", "training.max_steps": 3, "training.eval_every": 0,
+                     "training.num_buckets": 1,
                      "training.max_batch_seconds": BUDGET_S, "training.log_every": 1, "training.device": "cpu"}
         run = manager.start(JobSpec(preset="tiny", dataset=str(LJSPEECH_MINI), overrides=overrides, processes=2))
         done = manager.wait(run.run_id, timeout_s=300)
