@@ -14,6 +14,7 @@ bytes raise `AudioError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import mmap
@@ -727,10 +728,15 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
         raise ValueError(f"sample rates must be positive, got {orig_rate} and {new_rate}")
     if orig_rate == new_rate:
         return waveform
-    resampled = torchaudio.functional.resample(
-        waveform.to(torch.float32), int(orig_rate), int(new_rate)
-    )
+    resampled = _resampler(int(orig_rate), int(new_rate))(waveform.to(torch.float32))
     return resampled.clamp_(-1.0, 1.0).contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+    # The transform builds its sinc kernel once; the functional form rebuilds it on every call,
+    # which is about half of the resampling time for a few seconds of audio.
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
 
 
 def to_mono(waveform: torch.Tensor) -> torch.Tensor:
