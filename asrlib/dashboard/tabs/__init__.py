@@ -1,0 +1,1 @@
+"""The dashboard tabs, one module per tab."""
