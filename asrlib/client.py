@@ -200,6 +200,15 @@ class AsrClient:
     def get_dataset(self, name: str) -> DatasetResponse:
         return self._get(DatasetResponse, f"/api/datasets/{name}")
 
+    def dataset_report(self, name: str) -> dict[str, Any] | None:
+        """Return the dataset's validation report, or None if it has not been validated yet."""
+        try:
+            return self._request("GET", f"/api/datasets/{name}/report").json()
+        except ApiError as err:
+            if err.status == 404 and "no validation report" in str(err.detail):
+                return None
+            raise
+
     def download_dataset(self, name: str, *, url: str | None = None, overwrite: bool = False,
                          remove_archive: bool = False, validate_after: bool = True) -> DatasetTask:
         return self._send(DatasetTask, "POST", f"/api/datasets/{name}/download",

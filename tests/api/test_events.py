@@ -150,6 +150,16 @@ def test_validate_over_ws(client: AsrClient, import_events: list[dict]):
     assert events[-1]["result"]
 
 
+def test_validation_report_endpoint(client: AsrClient, import_events: list[dict]):
+    report = client.dataset_report("mini5")
+    assert report is not None
+    assert report["num_clips"] == len(SUBSET)
+    assert "split" in report
+    with pytest.raises(ApiError) as error:
+        client.dataset_report("no-such-dataset")
+    assert error.value.status == 404
+
+
 def test_dataset_tasks_one_at_a_time():
     tasks = DatasetTasks(EventHub())
     release = threading.Event()

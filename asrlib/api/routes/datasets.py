@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
 
@@ -15,6 +17,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEMO = "demo"
+REPORT_FILE = "validation.json"
 
 
 def _check_name(name: str) -> str:
@@ -44,6 +47,20 @@ def list_datasets(state: ApiState = Depends(get_state)):
 @router.get("/{name}", response_model=DatasetResponse)
 def get_dataset(name: str, state: ApiState = Depends(get_state)):
     return _response(_status(_check_name(name), state), state)
+
+
+@router.get("/{name}/report")
+def get_report(name: str, state: ApiState = Depends(get_state)) -> dict[str, Any]:
+    """Return the dataset's validation report (validation.json), as written by /validate."""
+    status = _status(_check_name(name), state)
+    path = Path(status.path) / REPORT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HTTPException(404, f"dataset {name!r} has no validation report; run POST "
+                                 f"/api/datasets/{name}/validate first") from None
+    except (OSError, ValueError) as err:
+        raise HTTPException(500, f"validation report of dataset {name!r} is unreadable: {err}") from None
 
 
 @router.post("/demo", response_model=DatasetTask, status_code=202)

@@ -84,9 +84,8 @@ def dataset_row(dataset: dict[str, Any], messages: Any) -> dict[str, str]:
 def read_report(client: Any, dataset: dict[str, Any]) -> dict[str, Any] | None:
     """Return a dataset's validation report, or None if there is none or it is not readable from here.
 
-    NOTE: the API has no endpoint for the report yet. Until AsrClient has `dataset_report`, the file
-    is read from the dataset folder. That works only where the dashboard can read the API's data
-    folder (one machine), not in the dashboard container, which has no data volume.
+    The report comes from the API (`GET /api/datasets/{name}/report`); a client without that
+    method falls back to reading the file from the dataset folder on this machine.
     """
     fetch = getattr(client, "dataset_report", None)
     if fetch is not None:
