@@ -81,3 +81,18 @@ def test_resume_rejects_other_architecture(straight_run, tmp_path, ljspeech_mini
         trainer.fit()
     assert "text.charset" in str(caught.value)
     assert not list((tmp_path / "bad").glob("ckpt-*.pt"))
+
+
+def test_gradient_accumulation_steps(tmp_path, ljspeech_mini):
+    config = _config(2, accumulate_grad_batches=2, checkpoint_every=0)
+    result = Trainer(config, tmp_path / "acc", dataset_root=ljspeech_mini).fit()
+    assert result.step == 2
+    sampler = load_checkpoint(result.checkpoint)["sampler"]
+    # Each optimizer step consumed two batches of the first epoch.
+    assert (sampler["epoch"], sampler["position"]) == (0, 4)
+
+
+def test_accumulation_longer_than_epoch_rejected(tmp_path, ljspeech_mini):
+    config = _config(3, accumulate_grad_batches=50)
+    with pytest.raises(ValueError, match="fewer than training.accumulate_grad_batches"):
+        Trainer(config, tmp_path / "too-many", dataset_root=ljspeech_mini).fit()
