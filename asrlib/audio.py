@@ -17,6 +17,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import av
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional
+from torchaudio.functional.functional import _apply_sinc_resample_kernel, _get_sinc_resample_kernel
 
 from asrlib.atomic import atomic_open
 
@@ -728,15 +729,24 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
         raise ValueError(f"sample rates must be positive, got {orig_rate} and {new_rate}")
     if orig_rate == new_rate:
         return waveform
-    resampled = _resampler(int(orig_rate), int(new_rate))(waveform.to(torch.float32))
+    orig_rate, new_rate = int(orig_rate), int(new_rate)
+    gcd = math.gcd(orig_rate, new_rate)
+    kernel, width = _sinc_kernel(orig_rate, new_rate)
+    resampled = _apply_sinc_resample_kernel(waveform.to(torch.float32), orig_rate, new_rate, gcd, kernel, width)
     return resampled.clamp_(-1.0, 1.0).contiguous()
 
 
 @functools.lru_cache(maxsize=16)
-def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
-    # The transform builds its sinc kernel once; the functional form rebuilds it on every call,
-    # which is about half of the resampling time for a few seconds of audio.
-    return torchaudio.transforms.Resample(orig_rate, new_rate)
+def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
+    """The kernel of `torchaudio.functional.resample` with its defaults, built once per rate pair.
+
+    The functional form rebuilds it on every call, about half of the resampling time for a few
+    seconds of audio. Using the same kernel keeps results identical to it (and to the streaming
+    resampler), which `torchaudio.transforms.Resample` does not: its kernel differs by ~1e-5.
+    """
+    gcd = math.gcd(orig_rate, new_rate)
+    return _get_sinc_resample_kernel(orig_rate, new_rate, gcd, 6, 0.99, "sinc_interp_hann", None,
+                                     torch.device("cpu"), torch.float32)
 
 
 def to_mono(waveform: torch.Tensor) -> torch.Tensor:
