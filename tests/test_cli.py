@@ -72,7 +72,8 @@ def test_transcribe_bad_files_reported(overfit_run, tmp_path):
     good, bad = _bad_files(tmp_path)
     proc = run_asr("transcribe", str(result.checkpoint), str(good), *map(str, bad))
     assert proc.returncode == 1
-    assert proc.stdout.count("\n") == 1 and proc.stdout.startswith(str(good))
+    assert proc.stdout.count("\n") == 1
+    assert proc.stdout.startswith(str(good))
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
     for path, reason in bad.items():

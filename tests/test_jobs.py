@@ -181,7 +181,8 @@ def test_sigkill_never_leaves_bad_checkpoints(tmp_path):
             if valid:
                 resume_from = str(valid[-1].path)
                 progress.append(valid[-1].step)
-        assert progress == sorted(progress) and progress[-1] > progress[0]
+        assert progress == sorted(progress)
+        assert progress[-1] > progress[0]
 
         # The newest valid checkpoint of the last killed run continues to completion.
         final = manager.start(_spec(progress[-1] + 2, resume_from=resume_from))

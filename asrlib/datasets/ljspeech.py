@@ -67,7 +67,7 @@ def read_metadata(root: str | Path) -> Corpus:
     metadata = root / "metadata.csv"
     if not metadata.is_file():
         raise FileNotFoundError(
-            f"{metadata}: metadata.csv not found; an LJSpeech-format folder holds metadata.csv and wavs/"
+            f"{metadata}: metadata.csv not found; an LJSpeech-format folder contains metadata.csv and wavs/"
         )
     corpus = Corpus(root=root)
     seen: dict[str, int] = {}

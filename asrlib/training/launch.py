@@ -97,7 +97,7 @@ def resolve_training(
         payload = ckpt.load_checkpoint(resume_path)
         if "optimizer" not in payload or "sampler" not in payload:
             raise ValueError(
-                f"cannot resume from {resume_path}: it holds weights only (an averaged checkpoint or a "
+                f"cannot resume from {resume_path}: it contains weights only (an averaged checkpoint or a "
                 "registered model); resume from one of the run's ckpt-*.pt files"
             )
         config = RunConfig.from_dict(deep_merge(payload["config"], extra))
