@@ -11,6 +11,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
+# A client sends its whole body before it reads the response. If the server closes the socket with
+# part of that body unread, the kernel sends a TCP reset, which can discard the 413 before the
+# client reads it. So a declared body up to this size keeps the connection open, and uvicorn reads
+# and discards the rest after the response; only a larger one is answered with "connection: close".
+LINGER_MAX_BYTES = 64 << 20
+
 
 class BodyTooLarge(HTTPException):
     def __init__(self, path: str, limit: int, setting: str) -> None:
@@ -30,12 +36,16 @@ class BodySizeLimitMiddleware:
     bytes are counted as the application reads them, and reading stops with BodyTooLarge as soon as
     the count passes the limit, so a chunked upload or a false Content-Length cannot get past it.
     `limits` maps path prefixes to limits; the longest matching prefix wins, else `default`.
+    `linger_max_bytes`: the largest declared body whose unread rest the server still drains after
+    the 413 (see LINGER_MAX_BYTES).
     """
 
-    def __init__(self, app: ASGIApp, *, default: BodyLimit, limits: dict[str, BodyLimit]) -> None:
+    def __init__(self, app: ASGIApp, *, default: BodyLimit, limits: dict[str, BodyLimit],
+                 linger_max_bytes: int = LINGER_MAX_BYTES) -> None:
         self.app = app
         self.default = default
         self.limits = sorted(limits.items(), key=lambda item: len(item[0]), reverse=True)
+        self.linger_max_bytes = linger_max_bytes
 
     def limit_for(self, path: str) -> BodyLimit:
         return next((limit for prefix, limit in self.limits if path.startswith(prefix)), self.default)
@@ -50,7 +60,7 @@ class BodySizeLimitMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit.max_bytes:
             log.warning("%s %s -> 413: Content-Length %d exceeds %d", scope["method"], path, declared, limit.max_bytes)
-            await _send_413(send, too_large.detail)
+            await _send_413(send, too_large.detail, close=declared > self.linger_max_bytes)
             return
         received = 0
         started = False
@@ -76,7 +86,7 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             log.warning("%s %s -> 413 after %d bytes", scope["method"], path, received)
-            await _send_413(send, exc.detail)
+            await _send_413(send, exc.detail, close=False)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -89,9 +99,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, detail: str) -> None:
+async def _send_413(send: Send, detail: str, *, close: bool) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})

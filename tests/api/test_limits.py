@@ -8,7 +8,7 @@ import json
 from fastapi import FastAPI, Request
 
 from asrlib.api.errors import install_error_handlers
-from asrlib.api.limits import BodyLimit, BodySizeLimitMiddleware
+from asrlib.api.limits import LINGER_MAX_BYTES, BodyLimit, BodySizeLimitMiddleware
 
 CHUNK = 64 * 1024
 LIMIT = BodyLimit(256 * 1024, "test limit")
@@ -29,10 +29,14 @@ def _app() -> FastAPI:
     return app
 
 
-def _call(app, *, chunks: int, headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, dict, int]:
-    """Send `chunks` body chunks without end; return (status, JSON body, chunks the app pulled)."""
+def _call(app, *, chunks: int, headers: list[tuple[bytes, bytes]] = (),
+          sent: list[dict] | None = None) -> tuple[int, dict, int]:
+    """Send `chunks` body chunks without end; return (status, JSON body, chunks the app pulled).
+
+    The ASGI messages the app sent are appended to `sent` when it is given.
+    """
     pulled = 0
-    sent: list[dict] = []
+    sent = [] if sent is None else sent
 
     async def receive() -> dict:
         nonlocal pulled
@@ -72,6 +76,21 @@ def test_declared_length_rejected_unread():
     assert status == 413
     assert "test limit" in body["detail"]
     assert pulled == 0
+
+
+def _closes(sent: list[dict]) -> bool:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return (b"connection", b"close") in start["headers"]
+
+
+def test_413_closes_only_huge_bodies():
+    """Leave a modest over-limit body for the server to drain, so that the client gets the 413.
+    Only a body past LINGER_MAX_BYTES closes the connection."""
+    modest, huge = [], []
+    _call(_app(), chunks=1000, headers=[(b"content-length", str(LIMIT.max_bytes + 1).encode())], sent=modest)
+    _call(_app(), chunks=1000, headers=[(b"content-length", str(LINGER_MAX_BYTES + 1).encode())], sent=huge)
+    assert not _closes(modest)
+    assert _closes(huge)
 
 
 def test_understated_length_still_counted():

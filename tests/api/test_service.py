@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
@@ -139,3 +142,38 @@ def test_json_body_limit_413(api_server):
     assert response.status_code == 413
     assert "json_max_bytes" in response.json()["detail"]
     assert httpx.get(f"{api_server.base_url}/api/health").status_code == 200
+
+
+def _read_response(conn: socket.socket) -> tuple[bytes, bytes]:
+    """Read one HTTP/1.1 response with a Content-Length; return (status line, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536) or b"<closed>"
+        assert not data.endswith(b"<closed>"), data
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return lines[0], body
+
+
+def test_413_reaches_a_client_still_sending(api_server):
+    """Regression: the 413 for a declared over-limit body closed the connection while the client
+    was still sending, and the kernel's reset could reach the client before the 413 did.
+
+    This client reads the 413 half-way through its body, then sends the rest and reuses the
+    connection. Against a server that closed it, the second send fails.
+    """
+    url = urlsplit(api_server.base_url)
+    size, first = 2 << 20, 64 << 10
+    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+        conn.sendall(f"POST /api/runs HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode() + b" " * first)
+        status, body = _read_response(conn)
+        assert b" 413 " in status
+        assert b"json_max_bytes" in body
+        conn.sendall(b" " * (size - first))
+        conn.sendall(f"GET /api/health HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        status, _ = _read_response(conn)
+        assert b" 200 " in status
