@@ -1,4 +1,4 @@
-"""The `asr` command: train, transcribe, evaluate and manage datasets."""
+"""The `asr` command: train, transcribe, evaluate, precompute features and manage datasets."""
 
 from __future__ import annotations
 
@@ -51,6 +51,38 @@ def _transcribe(args: argparse.Namespace) -> int:
         print(f"transcribed {len(ok)} files, {total_audio:.1f} s of audio, RTF {total_time / total_audio:.3f}",
               file=sys.stderr)
     return 1 if failures else 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from asrlib.config import load_settings
+    from asrlib.text import CharTokenizer
+    from asrlib.training.data import SPEED_FACTORS, FeatureDataset, precompute_features, prepare_data
+    from asrlib.training.launch import resolve_training
+
+    overrides = list(args.set or [])
+    if args.cache_dir:
+        overrides.append(f"data.feature_cache_dir={Path(args.cache_dir).resolve()}")
+    resolved = resolve_training(load_settings(args.config), model_type=args.model, dataset=args.dataset,
+                                preset=args.preset, overrides=overrides)
+    config = resolved.config
+    if not config.data.feature_cache_dir:
+        raise ValueError(
+            "missing feature cache folder: pass --cache-dir DIR or set data.feature_cache_dir in config.yaml")
+    tokenizer = CharTokenizer(config.text.charset)
+    data = prepare_data(resolved.dataset_root, config.data, config.features, tokenizer)
+    dataset = FeatureDataset(data.splits["train"], config.features, cache_dir=config.data.feature_cache_dir)
+    speeds = SPEED_FACTORS if config.data.speed_perturb else (1.0,)
+    with tqdm(total=len(dataset) * len(speeds), unit="clip", desc="features", file=sys.stderr,
+              disable=args.quiet) as bar:
+        fill = precompute_features(dataset, speeds=speeds, num_workers=args.workers, on_entry=bar.update)
+    print(json.dumps({"cache_dir": config.data.feature_cache_dir, "clips": len(dataset), "speeds": list(speeds),
+                      "entries": fill.entries, "computed": fill.computed, "frames": fill.frames,
+                      "seconds": round(fill.seconds, 2)}))
+    print(f"train with --set data.feature_cache_dir={config.data.feature_cache_dir} to read these features",
+          file=sys.stderr)
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -113,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--batch-size", type=int, default=8, help="files decoded together")
     transcribe.add_argument("--json", action="store_true", help="print one JSON object per file")
     transcribe.set_defaults(func=_transcribe)
+
+    features = sub.add_parser(
+        "features", help="compute the training clips' features once and keep them on disk",
+        description="Compute the log-mel features of a run's training split, at every speed when "
+                    "data.speed_perturb is on, into data.feature_cache_dir. Runs with the same feature "
+                    "settings and cache folder then read them instead of decoding audio. Takes the "
+                    "same --model, --preset, --dataset and --set options as `asr train`.")
+    features.add_argument("--model", default="conformer", choices=["conformer", "realtime"], help="model type")
+    features.add_argument("--preset", help="size preset from config.yaml (tiny, small, medium)")
+    features.add_argument("--dataset", help="catalog name or path of an LJSpeech-format folder")
+    features.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    features.add_argument("--cache-dir", help="cache folder (default: data.feature_cache_dir)")
+    features.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, this process)")
+    features.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    features.set_defaults(func=_features)
 
     evaluate = sub.add_parser("evaluate", help="compute CER and WER on a split or a folder")
     evaluate.add_argument("model", help="checkpoint file or run folder")

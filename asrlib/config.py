@@ -73,7 +73,7 @@ class DataConfig:
     min_duration: float = 0.3  # seconds; shorter clips are excluded and reported
     max_duration: float = 20.0  # seconds; longer clips are excluded and reported
     cache_features: bool = False  # keep computed features in memory after the first epoch
-    feature_cache_dir: str | None = None  # also keep them on disk here, shared by runs and workers
+    feature_cache_dir: str | None = None  # also keep them on disk in this folder, relative to the repository root
     speed_perturb: bool = False  # resample each training clip at speed 0.9, 1.0 or 1.1 (chosen per epoch)
     num_workers: int = 0  # DataLoader worker processes
     prefetch_factor: int = 2  # batches each worker prepares ahead

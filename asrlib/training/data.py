@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from asrlib.atomic import atomic_open
 from asrlib.audio import load_audio
-from asrlib.config import DataConfig, FeatureConfig
+from asrlib.config import REPO_ROOT, DataConfig, FeatureConfig
 from asrlib.datasets.ljspeech import Corpus, Problem, load_corpus, make_split
 from asrlib.features import FbankExtractor
 from asrlib.models import subsampled_lengths
@@ -160,7 +161,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.sample_rate = features.sample_rate
         self.extractor = FbankExtractor(features)
         self.cache: dict[tuple[int, float], torch.Tensor] | None = {} if cache else None
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = None
+        if cache_dir:
+            # Relative to the repository root, like the paths in config.yaml, so that the CLI, the
+            # job manager and notebooks share one folder whatever their working directory.
+            self.cache_dir = Path(cache_dir) if Path(cache_dir).is_absolute() else REPO_ROOT / cache_dir
         self.speed_perturb = speed_perturb
         self.seed = seed
 
@@ -199,6 +204,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         ).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.pt"
 
+    def is_cached(self, index: int, speed: float = 1.0) -> bool:
+        """Return whether the disk cache has this clip's features at this speed."""
+        path = self._cache_path(index, speed)
+        return path is not None and path.is_file()
+
     def _from_disk(self, index: int, speed: float) -> torch.Tensor | None:
         path = self._cache_path(index, speed)
         if path is None or not path.is_file():
@@ -221,6 +231,62 @@ class FeatureDataset(torch.utils.data.Dataset):
         utt = self.utterances[index]
         return {"id": utt.id, "features": self.features(index, speed), "labels": torch.tensor(utt.labels),
                 "duration": utt.duration / speed, "global_clips": global_clips}
+
+
+@dataclass(frozen=True)
+class CacheFill:
+    """Counts and wall time of one precompute_features() call."""
+
+    entries: int  # (clip, speed) pairs requested
+    computed: int  # entries computed by this call; the others were already on disk
+    frames: int  # feature frames over all entries
+    seconds: float  # wall time of the call
+
+
+class _CacheJobs(torch.utils.data.Dataset):
+    """One (clip, speed) pair per item, so DataLoader workers can share the work."""
+
+    def __init__(self, dataset: FeatureDataset, keys: list[tuple[int, float]]) -> None:
+        self.dataset = dataset
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, item: int) -> tuple[bool, int]:
+        index, speed = self.keys[item]
+        cached = self.dataset.is_cached(index, speed)
+        return not cached, self.dataset.features(index, speed).shape[0]
+
+
+def precompute_features(
+    dataset: FeatureDataset,
+    *,
+    speeds: tuple[float, ...] = (1.0,),
+    num_workers: int = 0,
+    on_entry: Callable[[], None] | None = None,
+) -> CacheFill:
+    """Compute every clip's features at every speed into the dataset's disk cache.
+
+    Entries already on disk are read back, not recomputed. A training run with the same feature
+    settings and `data.feature_cache_dir` then loads features instead of decoding and resampling
+    audio, as recipes that extract features before training do. `on_entry` is called once per
+    entry done, for progress bars.
+    """
+    if dataset.cache_dir is None:
+        raise ValueError("missing feature cache folder: set data.feature_cache_dir or pass a cache_dir")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    started = time.perf_counter()
+    keys = [(index, speed) for index in range(len(dataset)) for speed in speeds]
+    loader = torch.utils.data.DataLoader(_CacheJobs(dataset, keys), batch_size=None, num_workers=num_workers)
+    computed = frames = 0
+    for was_computed, clip_frames in loader:
+        computed += int(was_computed)
+        frames += int(clip_frames)
+        if on_entry is not None:
+            on_entry()
+    return CacheFill(len(keys), computed, frames, time.perf_counter() - started)
 
 
 class EpochBatches:

@@ -237,6 +237,10 @@ class Trainer:
             data.splits["train"], cfg.features, cache=cfg.data.cache_features, cache_dir=cfg.data.feature_cache_dir,
             speed_perturb=cfg.data.speed_perturb, seed=cfg.training.seed,
         )
+        if train_set.cache_dir is not None:
+            cached = sum(train_set.is_cached(index) for index in range(len(train_set)))
+            log.info("feature cache %s has %d of %d training clips at speed 1", train_set.cache_dir, cached,
+                     len(train_set))
         model = build_model(cfg, self.tokenizer.vocab_size).to(self.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.98), eps=1e-9,
                                       weight_decay=cfg.training.weight_decay)
