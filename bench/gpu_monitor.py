@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -123,16 +124,17 @@ class GpuMonitor:
             first_line = text.strip().splitlines()[0] if text.strip() else "no output"
             self.unavailable = f"nvidia-smi returned no samples ({first_line})"
 
-    def usage(self, start: float, end: float) -> GpuUsage | None:
-        """Summarise the samples taken between `start` and `end` (time.time() values), after stop()."""
+    def usage(self, windows: Sequence[tuple[float, float]]) -> GpuUsage | None:
+        """Summarise the samples taken inside the (start, end) windows of time.time() values, after stop()."""
         if self.unavailable:
             return None
         samples, note = self._own_samples()
-        inside = [s for s in samples if start <= s.time <= end]
+        inside = [s for s in samples if any(start <= s.time <= end for start, end in windows)]
         utilization = [s.utilization_percent for s in inside if s.utilization_percent is not None]
         memory = [s.memory_used_mib for s in inside if s.memory_used_mib is not None]
         if samples and not inside:
-            note = f"no sample inside the {end - start:.2f} s window; measure more steps"
+            seconds = sum(end - start for start, end in windows)
+            note = f"no sample inside the {seconds:.2f} s of measured steps; measure more steps"
         return GpuUsage(
             samples=len(inside),
             mean_utilization_percent=sum(utilization) / len(utilization) if utilization else None,

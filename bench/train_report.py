@@ -80,8 +80,12 @@ def target_checks(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def print_report(summaries: list[dict[str, Any]], device_type: str, gpu_unavailable: str | None) -> None:
-    """Print the tables, the notes and the target checks of LoopResult.summary() dictionaries."""
+def print_report(summaries: list[dict[str, Any]], device_type: str, gpu_unavailable: str | None,
+                 repeat_checks: list[list[dict[str, Any]]] = ()) -> None:
+    """Print the tables, the notes and the target checks of LoopResult.summary() dictionaries.
+
+    `repeat_checks` contains the target_checks() of each repeat, printed after the pooled verdicts.
+    """
     print()
     print(format_table(summaries))
     print()
@@ -101,3 +105,6 @@ def print_report(summaries: list[dict[str, Any]], device_type: str, gpu_unavaila
         for check in checks:
             verdict = "PASS" if check["passed"] else "FAIL"
             print(f"- {check['name']}: {check['text']}; target {check['target']}: {verdict}")
+            per_repeat = [c["value"] for checks in repeat_checks for c in checks if c["name"] == check["name"]]
+            if per_repeat:
+                print(f"  per repeat: {', '.join(f'{value:.3f}' for value in per_repeat)}")

@@ -16,6 +16,10 @@ torch reports each loop's peak allocated memory. After the tables the script che
 the `small` preset: data wait plus padding at most 5 % of the trainer's step time, and trainer
 throughput at least 0.95 of the model-only loop's.
 
+With --repeats N the three loops run N times in turn, and each loop's figures pool its steps from
+every repeat, so that a slow spell of a shared machine falls on all three loops alike. With
+--precompute-features the trainer reads features stored on disk beforehand, as after `asr features`.
+
 Run from the repository root:
 
     .venv/bin/python bench/train_throughput.py --presets tiny small medium --json train.json
@@ -57,7 +61,7 @@ from asrlib.config import RunConfig, load_settings, resolve_run_config
 from asrlib.features import FbankExtractor
 from asrlib.models import build_model
 from asrlib.text import CharTokenizer
-from asrlib.training.data import FeatureDataset, Utterance, prepare_data
+from asrlib.training.data import FeatureDataset, Utterance, precompute_features, prepare_data
 from asrlib.training.sampler import DurationBucketSampler
 from asrlib.training.trainer import Trainer
 
@@ -99,7 +103,7 @@ class LoopResult:
     device_type: str
     samples: list[StepSample]
     wall_seconds: float  # wall clock over the measured steps, including time outside the step window
-    window: tuple[float, float]  # time.time() at the start and end of the measured steps
+    windows: list[tuple[float, float]]  # time.time() at the start and end of the measured steps, per repeat
     notes: list[str] = field(default_factory=list)
     compiled_graphs: int = 0  # graphs torch.compile built during the measured steps
     cuda_max_allocated_bytes: int | None = None  # over the whole loop, warm-up included
@@ -328,6 +332,12 @@ def load_bench_data(preset: str, args: argparse.Namespace, device: torch.device)
     prepared = prepare_data(args.data, config.data, config.features, tokenizer)
     utterances = prepared.splits["train"]
     dataset = FeatureDataset(utterances, config.features)
+    if args.precompute_features:
+        # The trainer's dataset reads this folder too: bench_config() sets data.feature_cache_dir.
+        dataset = FeatureDataset(utterances, config.features, cache_dir=config.data.feature_cache_dir)
+        fill = precompute_features(dataset)
+        print(f"{preset}: features of {fill.entries} clips on disk in {dataset.cache_dir} "
+              f"({fill.computed} computed, {fill.seconds:.1f} s)", flush=True)
     features = [dataset.features(i) for i in range(len(dataset))]
     steps, epochs, per_epoch = trainer_batch_order(utterances, config, config.training.max_steps)
     return BenchData(preset, config, utterances, features, steps, epochs, per_epoch)
@@ -364,14 +374,16 @@ def run_trainer(data: BenchData, args: argparse.Namespace, device: torch.device)
     samples = [trainer_sample(data, record) for record in steps]
     last = data.config.training.max_steps
     (start, start_time, start_graphs), (end, end_time, end_graphs) = stamps[args.warmup_steps], stamps[last]
-    result = LoopResult(data.preset, "trainer", device.type, samples, end - start, (start_time, end_time),
+    result = LoopResult(data.preset, "trainer", device.type, samples, end - start, [(start_time, end_time)],
                         compiled_graphs=end_graphs - start_graphs)
     outside = result.wall_seconds - result.step_seconds
     result.notes.append(f"{outside:.2f} s of wall time fell outside the trainer's step timer")
     nonfinite = sum(r.get("nonfinite_steps", 0) for r in steps)
     if nonfinite:
         result.notes.append(f"{nonfinite} measured steps had a non-finite gradient, which the trainer zeroed")
-    if args.cache_features or args.feature_cache_dir:
+    if args.precompute_features:
+        result.notes.append("features read from the disk cache filled before the loops")
+    elif args.cache_features or args.feature_cache_dir:
         result.notes.append(cache_note(data, args))
     return result
 
@@ -552,7 +564,7 @@ def run_plain(data: BenchData, args: argparse.Namespace, device: torch.device) -
     measured = timed_loop(lambda: next(batches), train, total_steps=data.config.training.max_steps,
                           warmup_steps=args.warmup_steps, device=device)
     return LoopResult(data.preset, "plain", device.type, measured.samples, measured.wall_seconds,
-                      measured.window, [f"batch size {batch_size} clips"],
+                      [measured.window], [f"batch size {batch_size} clips"],
                       compiled_graphs=measured.compiled_graphs)
 
 
@@ -568,7 +580,7 @@ def run_model_only(data: BenchData, args: argparse.Namespace, device: torch.devi
         size = sum(b.nbytes() for b in prebuilt) / MIB
         notes.append(f"its CUDA max allocated includes {size:.0f} MiB of pre-built batches")
     return LoopResult(data.preset, "model only", device.type, measured.samples, measured.wall_seconds,
-                      measured.window, notes, compiled_graphs=measured.compiled_graphs)
+                      [measured.window], notes, compiled_graphs=measured.compiled_graphs)
 
 
 # ----------------------------------------------------------------------------- report
@@ -583,10 +595,13 @@ def describe_settings(args: argparse.Namespace, device: torch.device) -> str:
         caches.append("in memory")
     if args.feature_cache_dir:
         caches.append(f"on disk in {args.feature_cache_dir}")
-    cache = " and ".join(caches) or "off"
+    if args.precompute_features:
+        caches.append("filled before the loops")
+    cache = ", ".join(caches) or "off"
     return (f"settings: precision {precision}; torch.compile {'on' if args.compile else 'off'}; "
             f"batches per optimizer step {args.accumulate}; DataLoader workers {args.num_workers}; "
-            f"feature cache {cache}; steps per loop {args.warmup_steps} warm-up + {args.steps} measured")
+            f"feature cache {cache}; steps per loop {args.warmup_steps} warm-up + {args.steps} measured; "
+            f"repeats {args.repeats}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -618,6 +633,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--feature-cache-dir", type=Path, default=None,
                         help="also keep the trainer's features on disk in this folder, shared by its "
                              "workers and kept between runs (data.feature_cache_dir)")
+    parser.add_argument("--precompute-features", action="store_true",
+                        help="before the loops, compute every clip's features into the disk cache "
+                             "(--feature-cache-dir, else a temporary folder) as `asr features` does, so "
+                             "that the trainer reads stored features")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the three loops this many times in turn and pool each loop's steps "
+                             "(default: 1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to train (default: cuda when visible, else cpu)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
@@ -644,33 +666,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--accumulate must be at least 1, got {args.accumulate}")
     if args.num_workers < 0:
         parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if not args.data.is_dir():
         parser.error(f"data folder not found: {args.data}; pass --data with an LJSpeech-format folder")
     return args
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> list[LoopResult]:
-    """Run the three loops on every preset, one after another."""
-    results: list[LoopResult] = []
+def measure(args: argparse.Namespace, device: torch.device) -> list[list[LoopResult]]:
+    """Run the three loops on every preset, `args.repeats` times in turn; return one list per repeat."""
+    repeats: list[list[LoopResult]] = [[] for _ in range(args.repeats)]
     for preset in args.presets:
         data = load_bench_data(preset, args, device)
         print(f"{preset}: {len(data.utterances)} clips, "
               f"{sum(u.duration for u in data.utterances):.0f} s of audio, max batch "
               f"{data.config.training.max_batch_seconds:g} s, {data.batches_per_epoch} batches per epoch",
               flush=True)
-        for run in (run_trainer, run_plain, run_model_only):
-            start_loop(args, device)
-            started = time.perf_counter()
-            result = finish_loop(run(data, args, device), device)
-            results.append(result)
-            # Printed as each loop ends, so a run cut short still shows the loops it finished.
-            summary = result.summary()
-            print(f"  {result.loop}: {time.perf_counter() - started:.0f} s, "
-                  f"{summary['wall_audio_seconds_per_second']:.1f} wall audio-s/s, "
-                  f"data wait {summary['data_wait_share']:.1%}, padding {summary['padding_share']:.1%}",
-                  flush=True)
+        for repeat, results in enumerate(repeats, start=1):
+            for run in (run_trainer, run_plain, run_model_only):
+                start_loop(args, device)
+                started = time.perf_counter()
+                result = finish_loop(run(data, args, device), device)
+                results.append(result)
+                # Printed as each loop ends, so a run cut short still shows the loops it finished.
+                summary = result.summary()
+                label = f" (repeat {repeat})" if args.repeats > 1 else ""
+                print(f"  {result.loop}{label}: {time.perf_counter() - started:.0f} s, "
+                      f"{summary['wall_audio_seconds_per_second']:.1f} wall audio-s/s, "
+                      f"data wait {summary['data_wait_share']:.1%}, padding {summary['padding_share']:.1%}",
+                      flush=True)
         del data
-    return results
+    return repeats
+
+
+def pool_repeats(repeats: list[list[LoopResult]]) -> list[LoopResult]:
+    """Join each loop's results from every repeat into one: all its steps, wall times added."""
+    pooled: list[LoopResult] = []
+    for same_loop in zip(*repeats, strict=True):
+        first = same_loop[0]
+        notes = list(dict.fromkeys(note for result in same_loop for note in result.notes))
+        allocated = [r.cuda_max_allocated_bytes for r in same_loop if r.cuda_max_allocated_bytes is not None]
+        pooled.append(LoopResult(
+            first.preset, first.loop, first.device_type,
+            samples=[sample for result in same_loop for sample in result.samples],
+            wall_seconds=sum(result.wall_seconds for result in same_loop),
+            windows=[window for result in same_loop for window in result.windows],
+            notes=notes,
+            compiled_graphs=sum(result.compiled_graphs for result in same_loop),
+            cuda_max_allocated_bytes=max(allocated) if allocated else None,
+        ))
+    return pooled
+
+
+@contextlib.contextmanager
+def feature_cache(args: argparse.Namespace) -> Iterator[None]:
+    """Give --precompute-features a temporary cache folder when --feature-cache-dir is not set."""
+    if not args.precompute_features or args.feature_cache_dir is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="asr-bench-features-") as folder:
+        args.feature_cache_dir = Path(folder)
+        try:
+            yield
+        finally:
+            args.feature_cache_dir = None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -691,23 +750,27 @@ def main(argv: list[str] | None = None) -> None:
     monitor = GpuMonitor(device)
     monitor.start()
     try:
-        results = measure(args, device)
+        with feature_cache(args):
+            repeats = measure(args, device)
     finally:
         monitor.stop()
+    results = pool_repeats(repeats)
     for result in results:
-        result.gpu = monitor.usage(*result.window)
+        result.gpu = monitor.usage(result.windows)
         if result.gpu is not None and result.gpu.note:
             result.notes.append(f"GPU samples: {result.gpu.note}")
 
     summaries = [result.summary() for result in results]
-    print_report(summaries, device.type, monitor.unavailable)
+    repeat_checks = [target_checks([r.summary() for r in results]) for results in repeats] if args.repeats > 1 else []
+    print_report(summaries, device.type, monitor.unavailable, repeat_checks)
     machine["load_average_1min_after"] = machine_info(device)["load_average_1min"]
     if args.json:
         payload = {
             "machine": machine,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "summaries": summaries,
-            "targets": {"preset": TARGET_PRESET, "checks": target_checks(summaries)},
+            "targets": {"preset": TARGET_PRESET, "checks": target_checks(summaries),
+                        "checks_per_repeat": repeat_checks},
             "gpu_monitor": monitor.unavailable or "nvidia-smi",
             "steps": {f"{r.preset}/{r.loop}": [asdict(s) for s in r.samples] for r in results},
         }

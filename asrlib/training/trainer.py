@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ from asrlib.training.state import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FROZEN_SECTIONS", "TrainResult", "Trainer", "config_differences", "evaluate_model", "lr_at"]
+__all__ = ["FROZEN_SECTIONS", "TrainResult", "Trainer", "config_differences", "evaluate_model", "lr_at",
+           "zero_nonfinite_grads_"]
 
 EventCallback = Callable[[dict[str, Any]], None]
 CMVN_MAX_CLIPS = 500  # clips read to estimate the global feature mean and variance
@@ -66,6 +67,23 @@ class TrainResult:
     checkpoint: Path | None
     metrics: dict[str, float]
     run_dir: Path | None = None
+
+
+def zero_nonfinite_grads_(parameters: Iterable[torch.nn.Parameter], finite: torch.Tensor) -> None:
+    """Zero every gradient unless `finite`, a 0-dim bool tensor on the gradients' device, is true.
+
+    A non-finite gradient would poison the weights, so that step goes on with zero gradients and
+    AdamW applies only its momentum and weight decay. On CUDA a multiply by the flag avoids a host
+    sync per step. On the CPU reading the flag costs nothing, and a finite step skips the multiply.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    if finite.device.type == "cpu":
+        if not bool(finite):
+            torch._foreach_zero_(grads)
+        return
+    torch._foreach_mul_(grads, finite.to(grads[0].dtype))
 
 
 def lr_at(step: int, *, peak: float, warmup_steps: int) -> float:
@@ -391,10 +409,7 @@ class Trainer:
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.training.grad_clip)
         finite = torch.isfinite(grad_norm)
-        # A non-finite gradient would poison the weights. Zeroing it on the device avoids a host
-        # sync per step; AdamW's moment estimates still decay for that step. The count is logged.
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, finite.to(grads[0].dtype))
+        zero_nonfinite_grads_(model.parameters(), finite)
         window.totals[1] += torch.where(finite, grad_norm, 0.0)
         window.totals[2] += (~finite).to(torch.float64)
         scaler.step(optimizer)
