@@ -67,6 +67,7 @@ def target_checks(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "name": "data-wait + padding share of step time",
             "value": wait + padding,
             "target": f"<= {MAX_WAIT_AND_PADDING_SHARE:.0%}",
+            "format": ".2%",
             "passed": wait + padding <= MAX_WAIT_AND_PADDING_SHARE,
             "text": f"{wait + padding:.2%} ({wait:.2%} data wait + {padding:.2%} padding)",
         },
@@ -74,6 +75,7 @@ def target_checks(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "name": "trainer throughput / model-only throughput",
             "value": trainer_speed / model_speed,
             "target": f">= {MIN_TRAINER_TO_MODEL_ONLY}",
+            "format": ".3f",
             "passed": trainer_speed / model_speed >= MIN_TRAINER_TO_MODEL_ONLY,
             "text": f"{trainer_speed / model_speed:.3f} ({trainer_speed:.1f} / {model_speed:.1f} wall audio-s/s)",
         },
@@ -107,4 +109,4 @@ def print_report(summaries: list[dict[str, Any]], device_type: str, gpu_unavaila
             print(f"- {check['name']}: {check['text']}; target {check['target']}: {verdict}")
             per_repeat = [c["value"] for checks in repeat_checks for c in checks if c["name"] == check["name"]]
             if per_repeat:
-                print(f"  per repeat: {', '.join(f'{value:.3f}' for value in per_repeat)}")
+                print(f"  per repeat: {', '.join(format(value, check['format']) for value in per_repeat)}")
