@@ -46,7 +46,7 @@ def error_rates(references: list[str], hypotheses: list[str]) -> ErrorRates:
     pairs = [(r, h) for r, h in zip(references, hypotheses, strict=True) if r.strip()]
     if not pairs:
         return ErrorRates(0.0, 0.0, 0, 0)
-    refs, hyps = zip(*pairs)
+    refs, hyps = zip(*pairs, strict=True)
     # jiwer rejects empty hypotheses in some versions; a lone space scores the same as nothing.
     hyps = [h if h.strip() else " " for h in hyps]
     return ErrorRates(

@@ -115,7 +115,7 @@ class Recognizer:
     def _word_timings(self, tokens: list[int], frames: list[int]) -> list[WordTiming]:
         """Group emitted characters into words; a word spans its first to its last character's frame."""
         words, current, start, end = [], "", 0, 0
-        for token, frame in zip(tokens, frames):
+        for token, frame in zip(tokens, frames, strict=True):
             char = self.tokenizer.symbols[token]
             if char == " ":
                 if current:
@@ -137,7 +137,7 @@ class Recognizer:
             names = ["<bytes>" if isinstance(s, bytes) else str(s) for s in sources]
         results: list[Transcription] = [Transcription(source=n) for n in names]
         loaded: list[tuple[int, torch.Tensor, float]] = []
-        for index, (source, name) in enumerate(zip(sources, names)):
+        for index, (source, name) in enumerate(zip(sources, names, strict=True)):
             started = time.perf_counter()
             try:
                 waveform = load_audio(source, self.sample_rate, name=name, min_duration=0.1)
@@ -154,7 +154,7 @@ class Recognizer:
             decoded = self.decode([w for _, w, _ in chunk])
             elapsed = time.perf_counter() - started
             total = sum(w.shape[0] for _, w, _ in chunk)
-            for (index, waveform, load_seconds), (text, words) in zip(chunk, decoded):
+            for (index, waveform, load_seconds), (text, words) in zip(chunk, decoded, strict=True):
                 result = results[index]
                 result.text, result.words = text, words
                 # The batch's compute time is shared in proportion to each clip's length.

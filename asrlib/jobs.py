@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -348,7 +347,8 @@ class JobManager:
         while self._queue and len(self._processes) + len(self._adopted) < self.max_concurrent:
             run_id = self._queue.popleft()
             paths = RunPaths(self.root / run_id)
-            log_file = open(paths.root / "job.log", "ab")  # noqa: SIM115 - the child process owns it
+            # Not a with-block: the child process writes to this file until it exits.
+            log_file = open(paths.root / "job.log", "ab")
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "asrlib.jobs", str(paths.root)],
@@ -422,7 +422,7 @@ def _last_error(log_path: Path, max_chars: int = 400) -> str:
 
 def run_job(run_dir: Path) -> int:
     """Worker process body: run one job folder with its executor; the trainer writes the status."""
-    from asrlib.logs import run_context, setup_logging  # noqa: PLC0415
+    from asrlib.logs import run_context, setup_logging
 
     setup_logging()
     job = json.loads((run_dir / JOB_FILE).read_text(encoding="utf-8"))
@@ -434,11 +434,11 @@ def run_job(run_dir: Path) -> int:
     }
     with run_context(job["run_id"]):
         if job["executor"] == "process":
-            from asrlib.training.launch import run_training  # noqa: PLC0415
+            from asrlib.training.launch import run_training
 
             run_training(**parameters)
             return 0
-        import papermill  # noqa: PLC0415
+        import papermill
 
         try:
             papermill.execute_notebook(

@@ -383,7 +383,7 @@ def test_random_bytes_raise() -> None:
     err = _raises(noise, "not a recognised audio format", label="<bytes>")
 
     assert "first bytes" in err.reason
-    with pytest.raises(AudioError, match="not a recognised audio format .first bytes"):
+    with pytest.raises(AudioError, match=r"not a recognised audio format .first bytes"):
         audio_info(noise)
 
 

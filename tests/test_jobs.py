@@ -100,7 +100,7 @@ def test_queue_mode_starts_later(tmp_path):
         assert manager.wait(first.run_id, timeout_s=120).state == "completed"
         assert manager.wait(second.run_id, timeout_s=120).state == "completed"
         first_end = manager.get(first.run_id).updated
-        started = [e for e in manager.read_events(second.run_id)[0] if e["event"] == "started"][0]
+        started = next(e for e in manager.read_events(second.run_id)[0] if e["event"] == "started")
         assert started["time"] >= first_end - 1.0
     finally:
         manager.shutdown()
@@ -109,9 +109,9 @@ def test_queue_mode_starts_later(tmp_path):
 def test_bad_requests_rejected(tmp_path):
     manager = _manager(tmp_path, executor="process")
     try:
-        with pytest.raises(InvalidRequest, match="training.lrr"):
+        with pytest.raises(InvalidRequest, match=r"training\.lrr"):
             manager.start(_spec(2, overrides={"training.lrr": 1}))
-        with pytest.raises(InvalidRequest, match="nowhere.* not found"):
+        with pytest.raises(InvalidRequest, match=r"nowhere.* not found"):
             manager.start(JobSpec(preset="tiny", dataset=str(tmp_path / "nowhere")))
         with pytest.raises(InvalidRequest, match="invalid run id"):
             manager.start(_spec(2, run_id="../escape"))
@@ -188,6 +188,6 @@ def test_sigkill_never_leaves_bad_checkpoints(tmp_path):
         final = manager.start(_spec(progress[-1] + 2, resume_from=resume_from))
         done = manager.wait(final.run_id, timeout_s=120)
         assert done.state == "completed"
-        assert [e["step"] for e in _step_events(manager, final.run_id)][0] == progress[-1] + 1
+        assert next(e["step"] for e in _step_events(manager, final.run_id)) == progress[-1] + 1
     finally:
         manager.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -60,7 +61,7 @@ class PreparedData:
 
 def ctc_min_frames(labels: tuple[int, ...] | list[int]) -> int:
     """Return the minimum number of encoder frames CTC needs: one per label, plus one blank per repeated pair."""
-    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
+    repeats = sum(1 for a, b in itertools.pairwise(labels) if a == b)
     return len(labels) + repeats
 
 
@@ -76,7 +77,8 @@ def prepare_data(
     corpus: Corpus = load_corpus(root, max_clips=data.max_clips)
     extractor = FbankExtractor(features)
     oov = OOVReport()
-    excluded: dict[str, list[str]] = {"outside vocabulary": [], "too short": [], "too long": [], "too short for CTC": []}
+    reasons = ("outside vocabulary", "too short", "too long", "too short for CTC")
+    excluded: dict[str, list[str]] = {reason: [] for reason in reasons}
     usable: dict[str, Utterance] = {}
     for clip in corpus.clips:
         text = normalize_text(clip.text)
@@ -120,10 +122,9 @@ def prepare_data(
         splits["train"] = [usable[i] for i in sorted(usable)]
     if not splits["train"]:
         raise ValueError(f"{root}: the training split is empty")
-    log.info(
-        "data: %s",
-        ", ".join(f"{name} {len(utts)} clips / {sum(u.duration for u in utts) / 60:.1f} min" for name, utts in splits.items()),
-    )
+    sizes = [f"{name} {len(utts)} clips / {sum(u.duration for u in utts) / 60:.1f} min"
+             for name, utts in splits.items()]
+    log.info("data: %s", ", ".join(sizes))
     return PreparedData(splits=splits, problems=corpus.problems, oov=oov, excluded=excluded)
 
 

@@ -26,7 +26,8 @@ def validate_run_id(run_id: str) -> str:
             f"invalid run id {run_id!r}; use letters, digits, '.', '_' and '-' (at most 128, no '..')"
         )
     if run_id in RESERVED_NAMES:
-        raise ValueError(f"invalid run id {run_id!r}: the name is reserved for the model registry folder; choose another")
+        raise ValueError(
+            f"invalid run id {run_id!r}: the name is reserved for the model registry folder; choose another")
     return run_id
 
 

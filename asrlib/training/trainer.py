@@ -431,7 +431,8 @@ class Trainer:
         steps = max(window.steps, 1)
         record = {
             "event": "step", "step": self.step, "epoch": self.epoch,
-            "loss": loss_sum / self.ctx.world_size / steps, "lr": lr, "grad_norm": norm_sum / self.ctx.world_size / steps,
+            "loss": loss_sum / self.ctx.world_size / steps, "lr": lr,
+            "grad_norm": norm_sum / self.ctx.world_size / steps,
             "audio_seconds_per_second": audio / elapsed, "data_wait_share": window.data_wait / elapsed,
             "padding_share": 1 - frames / max(padded, 1), "nonfinite_steps": int(nonfinite / self.ctx.world_size),
         }
@@ -447,7 +448,8 @@ class Trainer:
     def _evaluate(self, model: torch.nn.Module, utterances: list[Utterance]) -> None:
         """Validate on rank 0 while the other ranks wait at a barrier."""
         if utterances and self.ctx.is_main:
-            result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device, loss_fn=self._eval_loss)
+            result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device,
+                                    loss_fn=self._eval_loss)
             self.last_metrics.update(valid_loss=result["loss"], cer=result["cer"], wer=result["wer"])
             self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "valid_loss": result["loss"],
                         "cer": result["cer"], "wer": result["wer"], "clips": len(utterances)})
@@ -525,8 +527,8 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     dataset = FeatureDataset(utterances, config.features)
-    sampler = DurationBucketSampler([u.duration for u in utterances], max_batch_seconds=config.training.max_batch_seconds,
-                                    num_buckets=1, shuffle=False)
+    sampler = DurationBucketSampler([u.duration for u in utterances],
+                                    max_batch_seconds=config.training.max_batch_seconds, num_buckets=1, shuffle=False)
     total_loss, refs, hyps, ids = 0.0, [], [], []
     for indices in sampler:
         batch = collate([dataset[i] for i in indices]).to(device)

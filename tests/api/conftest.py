@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI
 
 from asrlib.api.app import create_app
 from asrlib.client import AsrClient
 from tests.conftest import REPO_ROOT
+from tests.servers import serve_app
 
 UPLOAD_MAX_BYTES = 1 << 20  # small, so that the 413 tests send a few MiB only
 PATH_VARIABLES = ("ASR_CONFIG", "ASR_DATA_DIR", "ASR_CHECKPOINTS_DIR", "ASR_LJSPEECH_PATH", "ASR_DEMO_PATH")
@@ -60,24 +56,8 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
             patch.delenv(name, raising=False)
         settings = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         app = create_app(settings, config_file=config_file, stop_runs_on_shutdown=True)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio"))
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the API server did not start within 30 s")
-            time.sleep(0.05)
-        try:
+        with serve_app(app) as port:
             yield ApiServer(f"http://127.0.0.1:{port}", app, folder / "checkpoints", folder / "data", config_file)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import av
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -35,6 +34,7 @@ from asrlib.decoding import error_rates
 from asrlib.inference import Recognizer
 from asrlib.registry import ModelRegistry
 from asrlib.streaming import StreamingModel
+from tests.servers import serve_app
 from tests.test_streaming import REALTIME_CLIPS, RealtimeRun, realtime_overfit
 
 MODEL_NAME = "rt-tiny"
@@ -68,24 +68,8 @@ def ws_server(tmp_path_factory, ljspeech_mini) -> Iterator[WsServer]:
     app.include_router(streaming.router)
     service = streaming.install_streaming(app, checkpoints_root=root,
                                           settings=StreamingServiceSettings(max_sessions=MAX_SESSIONS))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the WebSocket server did not start within 30 s")
-        time.sleep(0.05)
-    try:
+    with serve_app(app, lifespan="off") as port:
         yield WsServer(f"ws://127.0.0.1:{port}/ws/asr", service, run, root)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def _pcm16(samples: torch.Tensor) -> bytes:

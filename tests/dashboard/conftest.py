@@ -8,7 +8,6 @@ BACKEND_HOST / BACKEND_PORT. Chromium is the system's (/usr/bin/chromium), never
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -16,20 +15,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI
 
 from asrlib.api.app import create_app
 from asrlib.client import AsrClient
 from tests.conftest import REPO_ROOT
+from tests.servers import serve_app
 
 CHROMIUM = Path(os.environ.get("ASR_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"
@@ -100,28 +98,15 @@ def backend(tmp_path_factory: pytest.TempPathFactory, ljspeech_mini: Path) -> It
         settings = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         app = create_app(settings, config_file=config_file)
         _add_streaming_route(app)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio"))
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the API server did not start within 30 s")
-            time.sleep(0.05)
-        try:
-            yield Backend(f"http://127.0.0.1:{port}", port, config_file, folder / "checkpoints", folder / "data", app)
-        finally:
-            with AsrClient(f"http://127.0.0.1:{port}") as client:
-                for run in client.list_runs():
-                    if run.state in ("queued", "running"):
-                        client.stop_run(run.run_id)
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
+        with serve_app(app) as port:
+            try:
+                yield Backend(f"http://127.0.0.1:{port}", port, config_file, folder / "checkpoints", folder / "data",
+                              app)
+            finally:
+                with AsrClient(f"http://127.0.0.1:{port}") as client:
+                    for run in client.list_runs():
+                        if run.state in ("queued", "running"):
+                            client.stop_run(run.run_id)
 
 
 def has_route(routes: list, path: str) -> bool:

@@ -17,7 +17,7 @@ def _first_clips(root, n=10):
 
 
 def test_overfit_reaches_low_cer(overfit_run, ljspeech_mini):
-    run_dir, result = overfit_run
+    _, result = overfit_run
     assert result.state == "completed"
     assert result.step == 300
     clips = _first_clips(ljspeech_mini)
@@ -46,7 +46,7 @@ def test_transcribe_cli_matches_in_process(overfit_run, ljspeech_mini):
 
 
 def test_run_folder_contents(overfit_run):
-    run_dir, result = overfit_run
+    run_dir, _ = overfit_run
     for name in ("config.yaml", "metrics.jsonl", "split.json", "tokenizer.json", "status.json", "train.log"):
         assert (run_dir / name).is_file(), name
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -76,8 +76,9 @@ def test_resume_rejects_other_architecture(straight_run, tmp_path, ljspeech_mini
         load_settings(REPO_ROOT / "config.yaml"), preset="tiny",
         overrides={**RESUME_OVERRIDES, "model": {"num_layers": 2}, "text": {"charset": "abc "}},
     )
-    trainer = Trainer(config, tmp_path / "bad", dataset_root=ljspeech_mini, resume_from=straight_dir / "ckpt-0000007.pt")
-    with pytest.raises(ValueError, match="model.num_layers") as caught:
+    trainer = Trainer(config, tmp_path / "bad", dataset_root=ljspeech_mini,
+                      resume_from=straight_dir / "ckpt-0000007.pt")
+    with pytest.raises(ValueError, match=r"model\.num_layers") as caught:
         trainer.fit()
     assert "text.charset" in str(caught.value)
     assert not list((tmp_path / "bad").glob("ckpt-*.pt"))
@@ -94,5 +95,5 @@ def test_gradient_accumulation_steps(tmp_path, ljspeech_mini):
 
 def test_accumulation_longer_than_epoch_rejected(tmp_path, ljspeech_mini):
     config = _config(3, accumulate_grad_batches=50)
-    with pytest.raises(ValueError, match="fewer than training.accumulate_grad_batches"):
+    with pytest.raises(ValueError, match=r"fewer than training\.accumulate_grad_batches"):
         Trainer(config, tmp_path / "too-many", dataset_root=ljspeech_mini).fit()
