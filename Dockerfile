@@ -34,11 +34,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ASR_LJSPEECH_PATH=/app/data/ljspeech
 
 # ffmpeg and libsndfile decode audio, espeak-ng synthesises the demo dataset and sox converts
-# clips. A base without python3.11 (the Ubuntu CUDA images) gets Ubuntu's python3.11.
+# clips. gcc and g++ serve training.compile: torch.compile's inductor builds C++ kernels on the
+# CPU, and Triton builds its launcher with a C compiler on CUDA. A base without python3.11 (the
+# Ubuntu CUDA images) gets Ubuntu's python3.11, with the headers those builds include.
 RUN set -eux; \
     apt-get update; \
-    packages="ca-certificates ffmpeg libsndfile1 espeak-ng sox"; \
-    if ! command -v python3.11 >/dev/null; then packages="$packages python3.11 python3.11-venv"; fi; \
+    packages="ca-certificates ffmpeg libsndfile1 espeak-ng sox gcc g++"; \
+    if ! command -v python3.11 >/dev/null; then packages="$packages python3.11 python3.11-venv python3.11-dev"; fi; \
     apt-get install -y --no-install-recommends $packages; \
     rm -rf /var/lib/apt/lists/*; \
     python3.11 -m venv "$VIRTUAL_ENV"; \

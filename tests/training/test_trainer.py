@@ -1,4 +1,4 @@
-"""Trainer step details: the learning-rate schedule and steps with a non-finite gradient."""
+"""Trainer step details: the learning-rate schedule, non-finite gradients and torch.compile."""
 
 from __future__ import annotations
 
@@ -82,3 +82,27 @@ def test_nan_step_skipped_run_continues(tmp_path, ljspeech_mini):
     for name, tensor in weights.items():
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), name
+
+
+def _step_losses(run_dir) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["event"] == "step"]
+
+
+def test_compiled_model_trains_like_eager(tmp_path, ljspeech_mini):
+    """torch.compile (inductor on the CPU, so a C++ compiler is needed) gives the eager losses."""
+    overrides = {
+        "data": {"max_clips": 4, "train_on": "all", "valid_fraction": 0.0, "test_fraction": 0.0},
+        "spec_augment": {"enabled": False},
+        "model": {"dropout": 0.0},
+        "training": {"max_steps": 3, "max_batch_seconds": 100.0, "num_buckets": 1, "log_every": 1,
+                     "eval_every": 0, "checkpoint_every": 0, "keep_last": 0},
+    }
+    losses = {}
+    for compiled in (False, True):
+        overrides["training"]["compile"] = compiled
+        config = resolve_run_config(load_settings(REPO_ROOT / "config.yaml"), preset="tiny", overrides=overrides)
+        Trainer(config, tmp_path / str(compiled), dataset_root=ljspeech_mini).fit()
+        losses[compiled] = _step_losses(tmp_path / str(compiled))
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
