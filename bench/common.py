@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchaudio
+
+from asrlib.training.trainer import resolve_device as trainer_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real clips live beside the repository and are read in place, never copied into it.
@@ -55,13 +59,8 @@ def load_average() -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map auto, cpu or cuda to a device, raising ValueError when CUDA is requested but missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible; use cpu or auto")
-    return device
+    """Map the --device option to a device, as the trainer maps training.device."""
+    return trainer_device(name, setting="--device")
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -95,6 +94,31 @@ def describe_machine(info: dict[str, Any]) -> str:
     if "gpu" in info:
         text += f" ({info['gpu']})"
     return text
+
+
+def print_machine(device: torch.device) -> dict[str, Any]:
+    """Print the machine header, and the busy warning where it applies; return machine_info()."""
+    info = machine_info(device)
+    print(describe_machine(info), flush=True)
+    warning = busy_warning(info)
+    if warning:
+        print(warning, flush=True)
+    return info
+
+
+def quiet_training_logs() -> None:
+    """Log warnings only on the console: the trainer raises the asrlib logger to INFO for train.log."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's main(); bad settings (an unknown preset, a missing CUDA device) end in one line."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
 
 
 def busy_warning(info: dict[str, Any]) -> str | None:

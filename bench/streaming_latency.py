@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import LJSPEECH_MINI, REPO_ROOT, busy_warning, describe_machine, machine_info, set_threads
+from common import LJSPEECH_MINI, REPO_ROOT, machine_info, print_machine, set_threads
 
 from asrlib import checkpoints as ckpt
 from asrlib.audio import load_audio
@@ -334,11 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING)
     set_threads(args.threads)
-    info = machine_info(torch.device("cpu"))
-    print(describe_machine(info))
-    warning = busy_warning(info)
-    if warning:
-        print(warning)
+    info = print_machine(torch.device("cpu"))
 
     clips = load_clips(args.clips)
     net, config, tokenizer = random_model("realtime", args.preset)

@@ -31,9 +31,7 @@ import argparse
 import contextlib
 import gc
 import json
-import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +44,11 @@ import torch.nn.functional as F
 from common import (
     LJSPEECH_MINI,
     REPO_ROOT,
-    busy_warning,
-    describe_machine,
     machine_info,
+    print_machine,
+    quiet_training_logs,
     resolve_device,
+    run_main,
     set_threads,
 )
 from gpu_monitor import GpuMonitor, GpuUsage
@@ -734,17 +733,10 @@ def feature_cache(args: argparse.Namespace) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    # The trainer opens the asrlib logger to INFO for its train.log; keep its step lines off the console.
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(logging.WARNING)
+    quiet_training_logs()
     set_threads(args.threads)
     device = resolve_device(args.device)
-    machine = machine_info(device)
-    print(describe_machine(machine), flush=True)
-    warning = busy_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    machine = print_machine(device)
     print(describe_settings(args, device), flush=True)
 
     monitor = GpuMonitor(device)
@@ -779,8 +771,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        # Bad settings (an unknown preset, a missing CUDA device) end with one line, not a traceback.
-        sys.exit(f"error: {err}")
+    run_main(main)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +27,11 @@ import numpy as np
 from common import (
     LJSPEECH_MINI,
     REPO_ROOT,
-    busy_warning,
-    describe_machine,
     machine_info,
+    print_machine,
+    quiet_training_logs,
     resolve_device,
+    run_main,
     set_threads,
 )
 
@@ -180,11 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Load or train the model, then measure every batch size."""
     device = resolve_device(args.device)
-    machine = machine_info(device)
-    print(describe_machine(machine), flush=True)
-    warning = busy_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    machine = print_machine(device)
 
     model = args.model
     if model is None:
@@ -206,10 +202,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    # The trainer opens the asrlib logger to INFO for its train.log; keep its lines off the console.
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(logging.WARNING)
+    quiet_training_logs()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
         report = run(args, Path(tmp))
@@ -221,8 +214,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        # Bad settings (an unknown preset, a missing CUDA device) end with one line, not a traceback.
-        sys.exit(f"error: {err}")
+    run_main(main)

@@ -94,12 +94,13 @@ def lr_at(step: int, *, peak: float, warmup_steps: int) -> float:
     return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, setting: str = "training.device") -> torch.device:
+    """Map auto, cpu, cuda or cuda:N to a device; raise ValueError naming `setting` when CUDA is missing."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"training.device is {name!r} but no CUDA device is visible; use cpu or auto")
+        raise ValueError(f"{setting} is {name!r} but no CUDA device is visible; use cpu or auto")
     return device
 
 
