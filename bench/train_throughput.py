@@ -62,7 +62,7 @@ from asrlib.models import build_model
 from asrlib.text import CharTokenizer
 from asrlib.training.data import FeatureDataset, Utterance, precompute_features, prepare_data
 from asrlib.training.sampler import DurationBucketSampler
-from asrlib.training.trainer import Trainer
+from asrlib.training.trainer import Trainer, build_optimizer
 
 # config.yaml's batch budget (240 s) is sized for a GPU. On CPU a smaller budget keeps the
 # default run to a few minutes; --max-batch-seconds overrides it.
@@ -442,12 +442,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 class TrainStep:
-    """A fresh model and AdamW optimizer that train as the trainer trains.
+    """A fresh model and the trainer's fused AdamW, trained as the trainer trains.
 
-    Same optimizer settings, gradient clipping, CTC loss summed and divided by the batch size,
-    gradient accumulation, autocast and fp16 loss scaling on CUDA only, and torch.compile of the
-    whole model when the run compiles. Left out: the learning-rate schedule, whose cost is
-    negligible, and the trainer's zeroing of non-finite gradients, one fused multiply per step.
+    Same optimizer, gradient clipping, CTC loss summed and divided by the batch size, gradient
+    accumulation, autocast and fp16 loss scaling on CUDA only, and torch.compile of the whole
+    model when the run compiles. Left out: the learning-rate schedule, whose cost is negligible,
+    and the trainer's check that skips a step with a non-finite gradient, one isfinite per step.
     """
 
     def __init__(self, data: BenchData, device: torch.device, *, compile_model: bool) -> None:
@@ -460,8 +460,7 @@ class TrainStep:
         self.parameters = list(model.parameters())
         self.model: Callable[..., tuple[torch.Tensor, torch.Tensor]] = (
             torch.compile(model) if compile_model else model)
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.training.lr, betas=(0.9, 0.98),
-                                           eps=1e-9, weight_decay=config.training.weight_decay)
+        self.optimizer = build_optimizer(model, lr=config.training.lr, weight_decay=config.training.weight_decay)
         precision = config.training.precision if device.type == "cuda" else "fp32"
         self.autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
         if precision != "fp32":

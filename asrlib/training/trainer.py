@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,17 @@ from asrlib.training.state import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FROZEN_SECTIONS", "TrainResult", "Trainer", "config_differences", "evaluate_model", "lr_at",
-           "zero_nonfinite_grads_"]
+__all__ = [
+    "FROZEN_SECTIONS",
+    "TrainResult",
+    "Trainer",
+    "build_optimizer",
+    "config_differences",
+    "evaluate_model",
+    "load_optimizer_state",
+    "lr_at",
+    "skip_step_unless_finite",
+]
 
 EventCallback = Callable[[dict[str, Any]], None]
 CMVN_MAX_CLIPS = 500  # clips read to estimate the global feature mean and variance
@@ -69,21 +78,38 @@ class TrainResult:
     run_dir: Path | None = None
 
 
-def zero_nonfinite_grads_(parameters: Iterable[torch.nn.Parameter], finite: torch.Tensor) -> None:
-    """Zero every gradient unless `finite`, a 0-dim bool tensor on the gradients' device, is true.
+def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """Create the fused AdamW that the trainer uses: one kernel per step on the CPU and on CUDA."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=weight_decay,
+                             fused=True)
 
-    A non-finite gradient would poison the weights, so that step goes on with zero gradients and
-    AdamW applies only its momentum and weight decay. On CUDA a multiply by the flag avoids a host
-    sync per step. On the CPU reading the flag costs nothing, and a finite step skips the multiply.
+
+def skip_step_unless_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """Make the next optimizer.step() a no-op unless `finite`, a 0-dim bool tensor, is true.
+
+    A non-finite gradient would poison the weights. A fused optimizer reads `found_inf`, as set by
+    torch.amp.GradScaler, and on a nonzero value leaves weights, moments and step count as they
+    were, on the device and without a host sync. With fp16 the GradScaler replaces the value with
+    its own check of the same gradients.
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    if finite.device.type == "cpu":
-        if not bool(finite):
-            torch._foreach_zero_(grads)
-        return
-    torch._foreach_mul_(grads, finite.to(grads[0].dtype))
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        raise TypeError(f"{type(optimizer).__name__} cannot skip a step on the device; create it with fused=True")
+    optimizer.found_inf = (~finite).to(torch.float32)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a saved AdamW state into the fused optimizer, whatever implementation saved it.
+
+    load_state_dict() takes the `fused` flag from the saved groups, and an unfused AdamW keeps its
+    step counts on the CPU, so a checkpoint of the unfused optimizer would turn the fused one back.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"] = True
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(param.device, torch.float32)
 
 
 def lr_at(step: int, *, peak: float, warmup_steps: int) -> float:
@@ -261,8 +287,7 @@ class Trainer:
             log.info("feature cache %s has %d of %d training clips at speed 1", train_set.cache_dir, cached,
                      len(train_set))
         model = build_model(cfg, self.tokenizer.vocab_size).to(self.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.98), eps=1e-9,
-                                      weight_decay=cfg.training.weight_decay)
+        optimizer = build_optimizer(model, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=self._use_fp16())
         sampler = DurationBucketSampler(
             [u.duration for u in data.splits["train"]], max_batch_seconds=cfg.training.max_batch_seconds,
@@ -324,7 +349,7 @@ class Trainer:
 
     def _restore(self, payload, model, optimizer, scaler, sampler) -> None:
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        load_optimizer_state(optimizer, payload["optimizer"])
         if payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
@@ -410,7 +435,7 @@ class Trainer:
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.training.grad_clip)
         finite = torch.isfinite(grad_norm)
-        zero_nonfinite_grads_(model.parameters(), finite)
+        skip_step_unless_finite(optimizer, finite)
         window.totals[1] += torch.where(finite, grad_norm, 0.0)
         window.totals[2] += (~finite).to(torch.float64)
         scaler.step(optimizer)

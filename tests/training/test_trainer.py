@@ -1,4 +1,4 @@
-"""Trainer step details: the learning-rate schedule, non-finite gradients and torch.compile."""
+"""Trainer step details: the learning-rate schedule, the optimizer, non-finite steps and torch.compile."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import torch
 
 from asrlib.checkpoints import load_checkpoint
 from asrlib.config import load_settings, resolve_run_config
-from asrlib.training.trainer import Trainer, lr_at, zero_nonfinite_grads_
+from asrlib.training.trainer import (
+    Trainer,
+    build_optimizer,
+    load_optimizer_state,
+    lr_at,
+    skip_step_unless_finite,
+)
 from tests.conftest import REPO_ROOT
 
 NAN_STEP = 3  # the step whose loss the test trainer turns into NaN
@@ -27,30 +33,66 @@ def test_lr_without_warmup_is_peak():
     assert lr_at(1000, peak=2e-3, warmup_steps=0) == 2e-3
 
 
-def _parameters_with_grads() -> list[torch.nn.Parameter]:
+def _optimizer_after_one_step() -> tuple[torch.nn.Linear, torch.optim.AdamW]:
     layer = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(layer, lr=0.1, weight_decay=0.01)
     layer(torch.ones(1, 3)).sum().backward()
-    return list(layer.parameters())
+    optimizer.step()
+    return layer, optimizer
 
 
-def test_finite_gradients_kept():
-    parameters = _parameters_with_grads()
-    before = [p.grad.clone() for p in parameters]
-    zero_nonfinite_grads_(parameters, torch.tensor(True))
-    for grad, parameter in zip(before, parameters, strict=True):
-        assert torch.equal(parameter.grad, grad)
+def _snapshot(layer: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in layer.parameters()]
+    for state in optimizer.state.values():
+        tensors += [value.clone() for value in state.values()]
+    return tensors
 
 
-def test_nonfinite_gradients_zeroed():
-    parameters = _parameters_with_grads()
-    parameters[0].grad[0, 0] = math.nan
-    zero_nonfinite_grads_(parameters, torch.tensor(False))
-    for parameter in parameters:
-        assert torch.count_nonzero(parameter.grad) == 0
+def _step_with_grads(layer: torch.nn.Module, optimizer: torch.optim.Optimizer, value: float) -> None:
+    for parameter in layer.parameters():
+        parameter.grad = torch.full_like(parameter, value)
+    finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0))
+    skip_step_unless_finite(optimizer, finite)
+    optimizer.step()
 
 
-def test_no_gradients_accepted():
-    zero_nonfinite_grads_([torch.nn.Parameter(torch.ones(2))], torch.tensor(False))
+def test_finite_step_updates_everything():
+    layer, optimizer = _optimizer_after_one_step()
+    before = _snapshot(layer, optimizer)
+    _step_with_grads(layer, optimizer, 0.5)
+    after = _snapshot(layer, optimizer)
+    for old, new in zip(before, after, strict=True):
+        assert not torch.equal(old, new)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nonfinite_step_changes_nothing(value):
+    layer, optimizer = _optimizer_after_one_step()
+    before = _snapshot(layer, optimizer)
+    _step_with_grads(layer, optimizer, value)
+    for old, new in zip(before, _snapshot(layer, optimizer), strict=True):
+        assert torch.equal(old, new)
+
+
+def test_unfused_optimizer_rejected():
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), foreach=True)
+    with pytest.raises(TypeError, match="fused=True"):
+        skip_step_unless_finite(optimizer, torch.tensor(True))
+
+
+def test_unfused_state_loads_fused():
+    """A state saved by an unfused AdamW keeps the optimizer fused, so skipping still works."""
+    layer = torch.nn.Linear(3, 2)
+    unfused = torch.optim.AdamW(layer.parameters(), foreach=False)
+    layer(torch.ones(1, 3)).sum().backward()
+    unfused.step()
+    optimizer = build_optimizer(layer, lr=0.1, weight_decay=0.01)
+    load_optimizer_state(optimizer, unfused.state_dict())
+    assert all(group["fused"] for group in optimizer.param_groups)
+    before = _snapshot(layer, optimizer)
+    _step_with_grads(layer, optimizer, math.nan)
+    for old, new in zip(before, _snapshot(layer, optimizer), strict=True):
+        assert torch.equal(old, new)
 
 
 class NanLossTrainer(Trainer):
@@ -67,7 +109,7 @@ def test_nan_step_skipped_run_continues(tmp_path, ljspeech_mini):
     overrides = {
         "data": {"max_clips": 6, "train_on": "all", "valid_fraction": 0.0, "test_fraction": 0.0},
         "training": {"max_steps": 5, "max_batch_seconds": 12.0, "log_every": 1, "eval_every": 0,
-                     "checkpoint_every": 0, "keep_last": 0},
+                     "checkpoint_every": 1, "keep_last": 0},
     }
     config = resolve_run_config(load_settings(REPO_ROOT / "config.yaml"), preset="tiny", overrides=overrides)
     result = NanLossTrainer(config, tmp_path / "run", dataset_root=ljspeech_mini).fit()
@@ -82,6 +124,14 @@ def test_nan_step_skipped_run_continues(tmp_path, ljspeech_mini):
     for name, tensor in weights.items():
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), name
+    # The skipped step leaves the weights and the optimizer's moments as the step before left them.
+    before = load_checkpoint(tmp_path / "run" / f"ckpt-{NAN_STEP - 1:07d}.pt")
+    skipped = load_checkpoint(tmp_path / "run" / f"ckpt-{NAN_STEP:07d}.pt")
+    for name, tensor in before["model"].items():
+        assert torch.equal(skipped["model"][name], tensor), name
+    for index, state in before["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(skipped["optimizer"]["state"][index][key], value), (index, key)
 
 
 def _step_losses(run_dir) -> list[float]:
