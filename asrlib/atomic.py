@@ -12,6 +12,18 @@ from typing import IO
 TEMP_PREFIX = ".tmp-"  # leftover files with this prefix come from interrupted writes
 
 
+def _read_umask() -> int:
+    # Setting the mask is the only portable way to read it, so read it once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only. A replaced file gets the mode that open()
+# would give it instead, so that a shared feature cache or checkpoint folder stays readable.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -27,6 +39,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + target.name + ".", dir=target.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
