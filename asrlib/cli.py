@@ -77,12 +77,24 @@ def _features(args: argparse.Namespace) -> int:
     with tqdm(total=len(dataset) * len(speeds), unit="clip", desc="features", file=sys.stderr,
               disable=args.quiet) as bar:
         fill = precompute_features(dataset, speeds=speeds, num_workers=args.workers, on_entry=bar.update)
-    print(json.dumps({"cache_dir": config.data.feature_cache_dir, "clips": len(dataset), "speeds": list(speeds),
+    print(json.dumps({"cache_dir": str(dataset.cache_dir), "clips": len(dataset), "speeds": list(speeds),
                       "entries": fill.entries, "computed": fill.computed, "frames": fill.frames,
                       "seconds": round(fill.seconds, 2)}))
-    print(f"train with --set data.feature_cache_dir={config.data.feature_cache_dir} to read these features",
-          file=sys.stderr)
+    hint = f"--set data.feature_cache_dir={dataset.cache_dir}"
+    if config.data.speed_perturb:
+        hint += " --set data.speed_perturb=true"
+    print(f"train with {hint} to read these features", file=sys.stderr)
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: use 0 or more")
+    return value
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -157,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--dataset", help="catalog name or path of an LJSpeech-format folder")
     features.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     features.add_argument("--cache-dir", help="cache folder (default: data.feature_cache_dir)")
-    features.add_argument("--workers", type=int, default=0, help="worker processes (default: 0, this process)")
+    features.add_argument("--workers", type=_non_negative_int, default=0,
+                          help="worker processes (default: 0, this process)")
     features.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     features.set_defaults(func=_features)
 
@@ -188,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as err:
-        log.error("%s", err)
+        # One line on stderr: the console log handler would print the same message a second time.
+        log.debug("command failed", exc_info=True)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

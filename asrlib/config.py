@@ -121,6 +121,10 @@ class RunConfig:
         return _build(cls, data, "")
 
     def __post_init__(self) -> None:
+        for name in ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms"):
+            value = getattr(self.features, name)
+            if value <= 0:
+                raise ValueError(f"features.{name}: invalid value {value}; use a positive number")
         if self.model.type not in MODEL_TYPES:
             raise ValueError(f"model.type: unknown model type {self.model.type!r}; use one of {MODEL_TYPES}")
         if self.training.precision not in PRECISIONS:

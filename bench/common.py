@@ -117,7 +117,7 @@ def run_main(main: Callable[[], object]) -> None:
     """Run a script's main(); bad settings (an unknown preset, a missing CUDA device) end in one line."""
     try:
         main()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         sys.exit(f"error: {err}")
 
 

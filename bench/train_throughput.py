@@ -668,6 +668,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if not args.data.is_dir():
         parser.error(f"data folder not found: {args.data}; pass --data with an LJSpeech-format folder")
+    if args.feature_cache_dir is not None:
+        # The trainer takes a relative data.feature_cache_dir from the repository root.
+        args.feature_cache_dir = args.feature_cache_dir.resolve()
     return args
 
 
@@ -689,7 +692,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[list[LoopRes
                 # Printed as each loop ends, so a run cut short still shows the loops it finished.
                 summary = result.summary()
                 label = f" (repeat {repeat})" if args.repeats > 1 else ""
-                print(f"  {result.loop}{label}: {time.perf_counter() - started:.0f} s, "
+                print(f"  {result.loop}{label}: {time.perf_counter() - started:.0f} s with set-up and warm-up, "
                       f"{summary['wall_audio_seconds_per_second']:.1f} wall audio-s/s, "
                       f"data wait {summary['data_wait_share']:.1%}, padding {summary['padding_share']:.1%}",
                       flush=True)
@@ -763,6 +766,7 @@ def main(argv: list[str] | None = None) -> None:
             "targets": {"preset": TARGET_PRESET, "checks": target_checks(summaries),
                         "checks_per_repeat": repeat_checks},
             "gpu_monitor": monitor.unavailable or "nvidia-smi",
+            "summaries_per_repeat": [[r.summary() for r in results] for results in repeats] if args.repeats > 1 else [],
             "steps": {f"{r.preset}/{r.loop}": [asdict(s) for s in r.samples] for r in results},
         }
         args.json.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")

@@ -135,6 +135,12 @@ def test_scalar_for_section_rejected():
         RunConfig.from_dict({"spec_augment": 0})
 
 
+@pytest.mark.parametrize("key", ["sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms"])
+def test_nonpositive_feature_setting_rejected(key):
+    with pytest.raises(ValueError, match=rf"features\.{key}: invalid value 0"):
+        RunConfig.from_dict({"features": {key: 0}})
+
+
 def test_invalid_precision_rejected():
     with pytest.raises(ValueError, match=r"training\.precision"):
         RunConfig.from_dict({"training": {"precision": "fp8"}})

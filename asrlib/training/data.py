@@ -7,10 +7,12 @@ import itertools
 import json
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchaudio
@@ -169,20 +171,26 @@ class FeatureDataset(torch.utils.data.Dataset):
             self.cache_dir = Path(cache_dir) if Path(cache_dir).is_absolute() else REPO_ROOT / cache_dir
         self.speed_perturb = speed_perturb
         self.seed = seed
+        self._write_failed = False  # warn once when the disk cache cannot be written
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def features(self, index: int, speed: float = 1.0) -> torch.Tensor:
+        return self.load_or_compute(index, speed)[0]
+
+    def load_or_compute(self, index: int, speed: float = 1.0) -> tuple[torch.Tensor, bool]:
+        """Return the clip's features at `speed`, and whether they were computed rather than read."""
         if self.cache is not None and (index, speed) in self.cache:
-            return self.cache[(index, speed)]
+            return self.cache[(index, speed)], False
         feats = self._from_disk(index, speed)
+        computed = feats is None
         if feats is None:
             feats = self._compute(index, speed)
             self._to_disk(index, speed, feats)
         if self.cache is not None:
             self.cache[(index, speed)] = feats
-        return feats
+        return feats, computed
 
     def _compute(self, index: int, speed: float) -> torch.Tensor:
         waveform = load_audio(self.utterances[index].audio_path, self.sample_rate)
@@ -215,16 +223,40 @@ class FeatureDataset(torch.utils.data.Dataset):
         if path is None or not path.is_file():
             return None
         try:
-            return torch.load(path, weights_only=True)
-        except Exception as err:  # a damaged cache file is recomputed, never trusted
-            log.warning("ignoring unreadable feature cache %s: %s", path, err)
-            return None
+            feats = torch.load(path, weights_only=True)
+        except Exception as err:  # torch.load raises many types on a damaged file
+            problem = f"{type(err).__name__}: {err}"
+        else:
+            problem = self._check_cached(feats)
+            if problem is None:
+                return feats
+        # A damaged or foreign file is recomputed, and the rewrite replaces it.
+        log.warning("ignoring feature cache file %s (%s); computing the features again", path, problem)
+        return None
+
+    def _check_cached(self, feats: Any) -> str | None:
+        """Return what is wrong with a loaded cache entry, or None when it has the expected shape."""
+        if not isinstance(feats, torch.Tensor):
+            return f"contains a {type(feats).__name__}, not a tensor"
+        if not feats.is_floating_point():
+            return f"dtype {feats.dtype}, expected a floating-point type"
+        if feats.dim() != 2 or feats.shape[0] == 0 or feats.shape[1] != self.config.num_mel_bins:
+            return f"shape {tuple(feats.shape)}, expected (frames, {self.config.num_mel_bins})"
+        return None
 
     def _to_disk(self, index: int, speed: float, feats: torch.Tensor) -> None:
         path = self._cache_path(index, speed)
-        if path is not None:
+        if path is None:
+            return
+        try:
             with atomic_open(path, "wb") as handle:
                 torch.save(feats.clone(), handle)
+        except OSError as err:
+            # The cache only saves time, so a full disk or a read-only folder must not stop training.
+            if not self._write_failed:
+                log.warning("cannot store features in the cache %s (%s); going on without storing them",
+                            self.cache_dir, err)
+            self._write_failed = True
 
     def __getitem__(self, key: ItemKey) -> dict:
         index, epoch, global_clips = (key, None, None) if isinstance(key, int) else key
@@ -254,10 +286,11 @@ class _CacheJobs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, item: int) -> tuple[bool, int]:
+    def __getitem__(self, item: int) -> tuple[bool, int, bool]:
+        """Return (computed, frames, stored) for one entry."""
         index, speed = self.keys[item]
-        cached = self.dataset.is_cached(index, speed)
-        return not cached, self.dataset.features(index, speed).shape[0]
+        feats, computed = self.dataset.load_or_compute(index, speed)
+        return computed, feats.shape[0], self.dataset.is_cached(index, speed)
 
 
 def precompute_features(
@@ -278,16 +311,36 @@ def precompute_features(
         raise ValueError("missing feature cache folder: set data.feature_cache_dir or pass a cache_dir")
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    problem = cache_dir_problem(dataset.cache_dir)
+    if problem:
+        raise ValueError(f"cannot store features in {dataset.cache_dir}: {problem}; choose another cache folder")
     started = time.perf_counter()
     keys = [(index, speed) for index in range(len(dataset)) for speed in speeds]
     loader = torch.utils.data.DataLoader(_CacheJobs(dataset, keys), batch_size=None, num_workers=num_workers)
-    computed = frames = 0
-    for was_computed, clip_frames in loader:
+    computed = frames = missing = 0
+    for was_computed, clip_frames, stored in loader:
         computed += int(was_computed)
         frames += int(clip_frames)
+        missing += int(not stored)
         if on_entry is not None:
             on_entry()
+    if missing:
+        raise ValueError(f"{missing} of {len(keys)} entries could not be stored in {dataset.cache_dir} (see the "
+                         "warnings above); free disk space or choose another cache folder")
     return CacheFill(len(keys), computed, frames, time.perf_counter() - started)
+
+
+def cache_dir_problem(folder: Path) -> str | None:
+    """Return why features cannot be stored in `folder`, creating it if needed, or None when they can."""
+    if folder.exists() and not folder.is_dir():
+        return "it exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 class EpochBatches:

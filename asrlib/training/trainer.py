@@ -30,11 +30,13 @@ from asrlib.logs import add_file_handler, run_context
 from asrlib.models import build_model, count_parameters
 from asrlib.text import CharTokenizer
 from asrlib.training.data import (
+    SPEED_FACTORS,
     Batch,
     EpochBatches,
     FeatureDataset,
     PreparedData,
     Utterance,
+    cache_dir_problem,
     collate,
     prepare_data,
 )
@@ -283,9 +285,7 @@ class Trainer:
             speed_perturb=cfg.data.speed_perturb, seed=cfg.training.seed,
         )
         if train_set.cache_dir is not None:
-            cached = sum(train_set.is_cached(index) for index in range(len(train_set)))
-            log.info("feature cache %s has %d of %d training clips at speed 1", train_set.cache_dir, cached,
-                     len(train_set))
+            self._check_feature_cache(train_set)
         model = build_model(cfg, self.tokenizer.vocab_size).to(self.device)
         optimizer = build_optimizer(model, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=self._use_fp16())
@@ -346,6 +346,20 @@ class Trainer:
         self._emit({"event": state, "step": self.step, "epoch": self.epoch, "checkpoint": str(path)})
         log.info("run %s at step %d; final checkpoint %s", state, self.step, path)
         return TrainResult(self.paths.run_id, state, self.step, path, dict(self.last_metrics), self.paths.root)
+
+    def _check_feature_cache(self, train_set: FeatureDataset) -> None:
+        """Log how much of the training split the disk cache already has, and whether it can grow."""
+        folder = train_set.cache_dir
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"data.feature_cache_dir {folder} exists and is not a folder; choose another path")
+        speeds = SPEED_FACTORS if self.config.data.speed_perturb else (1.0,)
+        cached = sum(train_set.is_cached(index, speed) for index in range(len(train_set)) for speed in speeds)
+        log.info("feature cache %s has %d of %d entries (%d training clips at speeds %s)", folder, cached,
+                 len(train_set) * len(speeds), len(train_set), ", ".join(f"{s:g}" for s in speeds))
+        problem = cache_dir_problem(folder) if self.ctx.is_main else None
+        if problem:
+            log.warning("feature cache %s cannot be written (%s): cached features are read, and the others are "
+                        "computed each time they are needed", folder, problem)
 
     def _restore(self, payload, model, optimizer, scaler, sampler) -> None:
         model.load_state_dict(payload["model"])

@@ -87,6 +87,31 @@ def test_damaged_cache_file_recomputed(utterances, tmp_path, caplog):
     assert str(damaged) in caplog.text
 
 
+@pytest.mark.parametrize("content", [{"features": torch.zeros(3, 80)}, torch.zeros(5, 7), torch.zeros(4, 80).long()])
+def test_foreign_cache_entry_recomputed(utterances, tmp_path, caplog, content):
+    dataset = FeatureDataset(utterances, FEATURES, cache_dir=tmp_path / "cache")
+    expected = dataset.features(0)
+    (entry,) = _cache_files(tmp_path / "cache")
+    torch.save(content, entry)
+    with caplog.at_level(logging.WARNING, logger="asrlib.training.data"):
+        features, computed = FeatureDataset(utterances, FEATURES, cache_dir=tmp_path / "cache").load_or_compute(0)
+    assert computed
+    assert torch.equal(features, expected)
+    assert str(entry) in caplog.text
+    assert "computing the features again" in caplog.text
+    assert torch.equal(torch.load(entry, weights_only=True), expected)
+
+
+def test_unwritable_cache_warns_once(utterances, caplog):
+    """A cache folder that cannot be created (here under /proc) costs the cache, not the run."""
+    dataset = FeatureDataset(utterances, FEATURES, cache_dir="/proc/asr-feature-cache")
+    with caplog.at_level(logging.WARNING, logger="asrlib.training.data"):
+        for index in range(3):
+            assert dataset.features(index).shape[1] == FEATURES.num_mel_bins
+    assert caplog.text.count("cannot store features") == 1
+    assert not dataset.is_cached(0)
+
+
 def test_relative_cache_dir_from_repository():
     dataset = FeatureDataset([], FEATURES, cache_dir="data/feature-cache")
     assert dataset.cache_dir == REPO_ROOT / "data" / "feature-cache"
@@ -152,6 +177,22 @@ def test_precompute_workers_write_same_cache(utterances, tmp_path):
         assert torch.equal(serial.features(index), parallel.features(index))
 
 
+def test_precompute_counts_recomputed_entry(utterances, tmp_path):
+    dataset = FeatureDataset(utterances, FEATURES, cache_dir=tmp_path / "cache")
+    precompute_features(dataset)
+    _cache_files(tmp_path / "cache")[0].write_bytes(b"junk")
+    assert precompute_features(dataset).computed == 1
+
+
+@pytest.mark.parametrize("folder", ["file", "/proc/asr-feature-cache"])
+def test_precompute_unwritable_cache_rejected(utterances, tmp_path, folder):
+    (tmp_path / "file").write_text("not a folder")
+    dataset = FeatureDataset(utterances, FEATURES, cache_dir=tmp_path / folder)
+    with pytest.raises(ValueError, match="cannot store features in") as caught:
+        precompute_features(dataset)
+    assert str(dataset.cache_dir) in str(caught.value)
+
+
 def test_precompute_without_cache_dir_rejected(utterances):
     with pytest.raises(ValueError, match="feature_cache_dir"):
         precompute_features(FeatureDataset(utterances, FEATURES))
@@ -175,7 +216,7 @@ def test_cli_features_read_by_training(ljspeech_mini, tmp_path):
     assert report["entries"] == 3 * report["clips"]
     assert report["computed"] == report["entries"]
     assert len(_cache_files(cache)) == report["entries"]
-    assert f"--set data.feature_cache_dir={cache}" in proc.stderr
+    assert f"--set data.feature_cache_dir={cache} --set data.speed_perturb=true" in proc.stderr
     again = json.loads(_asr("features", *options).stdout)
     assert again["computed"] == 0
     train = _asr("train", "--dataset", str(ljspeech_mini), "--preset", "tiny", "--set", "data.max_clips=6",
@@ -183,10 +224,33 @@ def test_cli_features_read_by_training(ljspeech_mini, tmp_path):
                  "--set", "training.max_steps=1", "--checkpoints", str(tmp_path / "runs"), "--run-id", "cached")
     assert train.returncode == 0, train.stderr
     log = (tmp_path / "runs" / "cached" / "train.log").read_text(encoding="utf-8")
-    assert f"feature cache {cache} has {report['clips']} of {report['clips']} training clips" in log
+    clips = report["clips"]
+    assert f"feature cache {cache} has {3 * clips} of {3 * clips} entries ({clips} training clips" in log
 
 
 def test_cli_features_needs_cache_dir(ljspeech_mini):
     proc = _asr("features", "--dataset", str(ljspeech_mini), "-q")
     assert proc.returncode == 2
     assert "--cache-dir" in proc.stderr
+    assert proc.stderr.count("missing feature cache folder") == 1
+
+
+def test_cli_features_rejects_bad_values(ljspeech_mini, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    workers = _asr("features", "--dataset", str(ljspeech_mini), "--cache-dir", str(tmp_path), "--workers", "-1")
+    assert workers.returncode == 2
+    assert "--workers: invalid value -1" in workers.stderr
+    file = _asr("features", "--dataset", str(ljspeech_mini), "--set", "data.max_clips=2",
+                "--cache-dir", str(tmp_path / "file"), "--workers", "2", "-q")
+    assert file.returncode == 2
+    assert "exists and is not a folder" in file.stderr
+    assert "Traceback" not in file.stderr
+
+
+def test_training_rejects_file_as_cache(ljspeech_mini, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    train = _asr("train", "--dataset", str(ljspeech_mini), "--preset", "tiny", "--set", "data.max_clips=6",
+                 "--set", f"data.feature_cache_dir={tmp_path / 'file'}", "--checkpoints", str(tmp_path / "runs"))
+    assert train.returncode == 2
+    assert "data.feature_cache_dir" in train.stderr
+    assert "is not a folder" in train.stderr
