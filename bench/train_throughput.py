@@ -379,7 +379,8 @@ def run_trainer(data: BenchData, args: argparse.Namespace, device: torch.device)
     result.notes.append(f"{outside:.2f} s of wall time fell outside the trainer's step timer")
     nonfinite = sum(r.get("nonfinite_steps", 0) for r in steps)
     if nonfinite:
-        result.notes.append(f"{nonfinite} measured steps had a non-finite gradient, so the trainer skipped their update")
+        result.notes.append(f"{nonfinite} measured steps had a non-finite gradient, so the trainer skipped "
+                            "their update")
     if args.precompute_features:
         result.notes.append("features read from the disk cache filled before the loops")
     elif args.cache_features or args.feature_cache_dir:

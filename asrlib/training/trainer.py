@@ -184,6 +184,7 @@ class Trainer:
         self.best_path: Path | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_eval_step: int | None = None
+        self._valid_set: FeatureDataset | None = None  # the validation clips' features, built at the first evaluation
 
     # ----------------------------------------------------------------- run folder
 
@@ -488,8 +489,13 @@ class Trainer:
     def _evaluate(self, model: torch.nn.Module, utterances: list[Utterance]) -> None:
         """Validate on rank 0 while the other ranks wait at a barrier."""
         if utterances and self.ctx.is_main:
+            if self._valid_set is None or self._valid_set.utterances is not utterances:
+                # Kept between evaluations, so that the feature caches serve every evaluation after the first.
+                data = self.config.data
+                self._valid_set = FeatureDataset(utterances, self.config.features, cache=data.cache_features,
+                                                 cache_dir=data.feature_cache_dir)
             result = evaluate_model(model, utterances, self.config, self.tokenizer, self.device,
-                                    loss_fn=self._eval_loss)
+                                    loss_fn=self._eval_loss, dataset=self._valid_set)
             self.last_metrics.update(valid_loss=result["loss"], cer=result["cer"], wer=result["wer"])
             self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "valid_loss": result["loss"],
                         "cer": result["cer"], "wer": result["wer"], "clips": len(utterances)})
@@ -561,12 +567,16 @@ def evaluate_model(
     device: torch.device,
     *,
     loss_fn: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    dataset: FeatureDataset | None = None,
 ) -> dict[str, Any]:
-    """Greedy-decode `utterances`; return the mean CTC loss, CER, WER and the hypotheses by clip id."""
+    """Greedy-decode `utterances`; return the mean CTC loss, CER, WER and the hypotheses by clip id.
+
+    `dataset` supplies the features of `utterances` (default: computed, with no cache).
+    """
     loss_fn = loss_fn or (lambda m, b: ctc_batch_loss(m, b, tokenizer.blank_id))
     was_training = model.training
     model.eval()
-    dataset = FeatureDataset(utterances, config.features)
+    dataset = dataset or FeatureDataset(utterances, config.features)
     sampler = DurationBucketSampler([u.duration for u in utterances],
                                     max_batch_seconds=config.training.max_batch_seconds, num_buckets=1, shuffle=False)
     total_loss, refs, hyps, ids = 0.0, [], [], []

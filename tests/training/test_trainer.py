@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
 
 from asrlib.checkpoints import load_checkpoint
 from asrlib.config import load_settings, resolve_run_config
+from asrlib.training.data import FeatureDataset
 from asrlib.training.trainer import (
     Trainer,
     build_optimizer,
@@ -156,3 +158,29 @@ def test_compiled_model_trains_like_eager(tmp_path, ljspeech_mini):
         losses[compiled] = _step_losses(tmp_path / str(compiled))
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_validation_features_computed_once(tmp_path, ljspeech_mini, monkeypatch):
+    """With data.cache_features, repeated evaluations reuse the validation clips' features."""
+    computed = Counter()
+    original = FeatureDataset._compute
+
+    def counting(self, index, speed):
+        computed[(self.utterances[index].id, speed)] += 1
+        return original(self, index, speed)
+
+    monkeypatch.setattr(FeatureDataset, "_compute", counting)
+    overrides = {
+        "data": {"max_clips": 8, "valid_fraction": 0.25, "test_fraction": 0.0, "cache_features": True},
+        "training": {"max_steps": 3, "max_batch_seconds": 30.0, "log_every": 1, "eval_every": 1,
+                     "checkpoint_every": 0, "keep_last": 0},
+    }
+    config = resolve_run_config(load_settings(REPO_ROOT / "config.yaml"), preset="tiny", overrides=overrides)
+    trainer = Trainer(config, tmp_path / "run", dataset_root=ljspeech_mini)
+    trainer.fit()
+    valid_ids = json.loads((tmp_path / "run" / "split.json").read_text())["valid"]
+    evaluations = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "eval" for e in evaluations) == 3
+    assert valid_ids
+    for clip_id in valid_ids:
+        assert computed[(clip_id, 1.0)] == 1, clip_id
