@@ -145,7 +145,8 @@ main() {
         grep '"event": "step"' "$runs/device-small-bf16/metrics.jsonl" | sed -n '1p;$p'
     fi
 
-    local bench=("$PY" bench/train_throughput.py --presets small --device cuda --precision bf16 --num-workers 4)
+    local bench=("$PY" bench/train_throughput.py --presets small --device cuda --precision bf16 --num-workers 4
+        --data "$DATA")
     run_stage "benchmark small bf16" 120 "${bench[@]}" --json "$OUT_DIR/bench-small-bf16.json"
     # The Conformer recompiles for most new batch shapes, so the compiled run measures fewer steps.
     run_stage "benchmark small bf16, torch.compile" 240 "${bench[@]}" --compile --warmup-steps 3 --steps 6 \
