@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # A client sends its whole body before it reads the response. If the server closes the socket with
 # part of that body unread, the kernel sends a TCP reset, which can discard the 413 before the
 # client reads it. So a declared body up to this size keeps the connection open, and uvicorn reads
-# and discards the rest after the response; only a larger one is answered with "connection: close".
+# and discards the rest after the response; only a larger one gets "connection: close".
 LINGER_MAX_BYTES = 64 << 20
 
 

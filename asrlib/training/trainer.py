@@ -576,7 +576,8 @@ def evaluate_model(
     loss_fn = loss_fn or (lambda m, b: ctc_batch_loss(m, b, tokenizer.blank_id))
     was_training = model.training
     model.eval()
-    dataset = dataset or FeatureDataset(utterances, config.features)
+    if dataset is None:  # not `or`: a FeatureDataset has a length, so an empty one is falsy
+        dataset = FeatureDataset(utterances, config.features)
     sampler = DurationBucketSampler([u.duration for u in utterances],
                                     max_batch_seconds=config.training.max_batch_seconds, num_buckets=1, shuffle=False)
     total_loss, refs, hyps, ids = 0.0, [], [], []

@@ -240,6 +240,9 @@ def test_cli_features_rejects_bad_values(ljspeech_mini, tmp_path):
     workers = _asr("features", "--dataset", str(ljspeech_mini), "--cache-dir", str(tmp_path), "--workers", "-1")
     assert workers.returncode == 2
     assert "--workers: invalid value -1" in workers.stderr
+    text = _asr("features", "--dataset", str(ljspeech_mini), "--cache-dir", str(tmp_path), "--workers", "two")
+    assert text.returncode == 2
+    assert "--workers: invalid integer 'two'" in text.stderr
     file = _asr("features", "--dataset", str(ljspeech_mini), "--set", "data.max_clips=2",
                 "--cache-dir", str(tmp_path / "file"), "--workers", "2", "-q")
     assert file.returncode == 2
